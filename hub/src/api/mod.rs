@@ -1,0 +1,522 @@
+//! The HTTP API under `/api/v1` and the web UI: one module per resource with its own `router()`, all
+//! merged by `app(state)` so tests can call it without a socket. Errors are RFC 9457 problem details;
+//! every endpoint but the health checks needs a session cookie or a bearer token.
+
+pub mod auth;
+pub mod consumers;
+pub mod events;
+pub mod health;
+pub mod import;
+pub mod network;
+pub mod outages;
+pub mod sensors;
+pub mod sites;
+pub mod tenants;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::auth::Permission;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::network::NetworkCache;
+use crate::storage::users::User;
+use crate::storage::{Db, PageRequest, StorageError};
+
+/// What every handler can reach: handles, no globals.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub bus: Bus,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    pub network: NetworkCache,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hub API", description = "Rules-driven automation and notification hub for utilities."),
+    components(schemas(Problem, FieldError)),
+    modifiers(&SecurityAddon)
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::COOKIE))),
+        );
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", api_routes())
+        .split_for_parts();
+    let doc = Arc::new(doc);
+    let metrics = state.metrics.clone();
+    api.merge(health::router())
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .merge(crate::web::router())
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: axum::middleware::Next| {
+                let metrics = metrics.clone();
+                async move {
+                    let res = next.run(req).await;
+                    let class = match res.status().as_u16() {
+                        200..=299 => "2xx",
+                        300..=399 => "3xx",
+                        400..=499 => "4xx",
+                        _ => "5xx",
+                    };
+                    metrics.inc("hub_http_responses_total", &[("class", class)]);
+                    res
+                }
+            },
+        ))
+        .with_state(state)
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(tenants::router())
+        .merge(sites::router())
+        .merge(network::router())
+        .merge(consumers::router())
+        .merge(sensors::router())
+        .merge(outages::router())
+        .merge(users::router())
+        .merge(import::router())
+        .merge(events::router())
+}
+
+/// One invalid field of a request or an import row.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `phones[1]` or `starts_at`.
+    pub field: String,
+    pub reason: String,
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Every error an endpoint can answer with. Internal causes are logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("your role may not do this: needs {0:?}")]
+    Forbidden(Permission),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::Invalid(vec![FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }])
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::NotFound { what } => ApiError::NotFound(format!("{what} not found")),
+            StorageError::Conflict { what } => ApiError::Conflict(format!("{what} already exists")),
+            StorageError::Invalid { field, reason } => ApiError::field(field, reason),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug) = match &self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        let errors = match &self {
+            ApiError::Invalid(errors) => errors.clone(),
+            _ => Vec::new(),
+        };
+        let detail = match &self {
+            ApiError::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.to_string(),
+        };
+        let problem = Problem {
+            kind: format!("https://hub.example/problems/{slug}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut res = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
+    }
+}
+
+/// A JSON body whose errors name the field and reason (`phones[1]: not in E.164`).
+pub struct ApiJson<T>(pub T);
+
+/// Largest JSON body accepted (imports go through their own endpoint).
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json") || v.ends_with("+json"));
+        if !is_json {
+            return Err(ApiError::BadRequest(
+                "expected Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+        if bytes.len() > MAX_JSON_BODY {
+            return Err(ApiError::BadRequest(format!(
+                "body larger than {MAX_JSON_BODY} bytes"
+            )));
+        }
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserializes JSON, turning a failure into the field it happened at.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::BadRequest(format!("malformed JSON: {inner}"))
+        } else {
+            let field = if path == "." {
+                missing_field(&inner.to_string()).unwrap_or(path)
+            } else {
+                path
+            };
+            ApiError::field(field, strip_position(&inner.to_string()))
+        }
+    })
+}
+
+/// serde says "missing field `x` at line 1 column 2": the field is `x`.
+fn missing_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// A query string whose errors name the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(ApiQuery)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                let field = if path == "." {
+                    missing_field(&msg).unwrap_or(path)
+                } else {
+                    path
+                };
+                ApiError::field(field, msg)
+            })
+    }
+}
+
+/// `?limit=&after=`: keyset pagination by id.
+#[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
+pub struct Page {
+    /// Items per page, 1-1000 (100 by default).
+    pub limit: Option<i64>,
+    /// Return items after this id (the `next_after` of the previous page).
+    pub after: Option<i64>,
+}
+
+impl Page {
+    pub fn request(self) -> Result<PageRequest, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::field("limit", "between 1 and 1000"));
+        }
+        let after = self.after.unwrap_or(0);
+        if after < 0 {
+            return Err(ApiError::field("after", "must not be negative"));
+        }
+        Ok(PageRequest { after, limit })
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
+}
+
+impl<T> Paged<T> {
+    pub fn new(items: Vec<T>, page: PageRequest, id: impl Fn(&T) -> i64) -> Self {
+        let next_after = (items.len() as i64 == page.limit)
+            .then(|| items.last().map(&id))
+            .flatten();
+        Paged { items, next_after }
+    }
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct CurrentUser(pub User);
+
+impl CurrentUser {
+    /// Fails with 403 unless the user's role allows `p`.
+    pub fn require(&self, p: Permission) -> Result<&Self, ApiError> {
+        if self.0.role.allows(p) {
+            Ok(self)
+        } else {
+            Err(ApiError::Forbidden(p))
+        }
+    }
+
+    /// The tenant filter for a list: a tenant-bound user only ever sees their own tenant.
+    pub fn scope(&self, requested: Option<i64>) -> Result<Option<i64>, ApiError> {
+        match (self.0.tenant_id, requested) {
+            (Some(own), Some(r)) if r != own => Err(ApiError::Forbidden(Permission::Read)),
+            (Some(own), _) => Ok(Some(own)),
+            (None, r) => Ok(r),
+        }
+    }
+
+    /// A record of another tenant is "not found" for a tenant-bound user.
+    pub fn check_tenant(&self, tenant_id: i64, what: &str) -> Result<(), ApiError> {
+        match self.0.tenant_id {
+            Some(own) if own != tenant_id => Err(ApiError::NotFound(format!("{what} not found"))),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.username
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = token_of(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let mut conn = state.db.conn().await?;
+        let user = crate::storage::users::by_session(&mut conn, &crate::auth::token_hash(&token))
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(CurrentUser(user))
+    }
+}
+
+/// The bearer token, or else the session cookie.
+pub fn token_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == auth::COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        phones: Vec<crate::types::PhoneNumber>,
+        n: u32,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Body>(br#"{"phones": ["+74951234567", "12"], "n": 1}"#).unwrap_err();
+        match e {
+            ApiError::Invalid(f) => {
+                assert_eq!(f[0].field, "phones[1]");
+                assert!(f[0].reason.contains("E.164"), "{}", f[0].reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Body>(br#"{"phones": []}"#).unwrap_err() {
+            ApiError::Invalid(f) => assert_eq!(f[0].field, "n"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Body>(b"{"),
+            Err(ApiError::BadRequest(_))
+        ));
+        match parse_json::<Body>(br#"{"phones": [], "n": 1, "x": 2}"#).unwrap_err() {
+            ApiError::Invalid(f) => assert!(f[0].reason.contains("unknown field `x`"), "{f:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        assert!(
+            Page {
+                limit: Some(0),
+                after: None
+            }
+            .request()
+            .is_err()
+        );
+        assert!(
+            Page {
+                limit: Some(1001),
+                after: None
+            }
+            .request()
+            .is_err()
+        );
+        assert_eq!(Page::default().request().unwrap().limit, 100);
+    }
+
+    #[test]
+    fn tokens_come_from_bearer_or_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; hub_session=abc".parse().unwrap());
+        assert_eq!(token_of(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
+        assert_eq!(token_of(&h).as_deref(), Some("xyz"));
+    }
+}
+
+/// Writes the audit entry of a change and commits it with the change.
+pub async fn commit_audited<T: Serialize>(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    user: &CurrentUser,
+    action: &str,
+    object_type: &str,
+    object_id: i64,
+    value: &T,
+) -> Result<(), ApiError> {
+    let details = serde_json::to_value(value).unwrap_or_default();
+    crate::storage::audit::record(
+        &mut tx,
+        user.name(),
+        action,
+        object_type,
+        &object_id.to_string(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

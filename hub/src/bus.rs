@@ -1,0 +1,141 @@
+//! The one in-process event bus. Publishers never wait: a subscriber that falls behind loses the
+//! oldest events, and each loss is counted (`hub_bus_lagged_total{subscriber}`) and logged. Whatever
+//! must not be lost is persisted by the publisher before `publish`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use rules::{Event, EventKind};
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+
+/// Events a subscriber may fall behind by before it loses the oldest.
+pub const BUS_CAPACITY: usize = 65_536;
+
+#[derive(Clone)]
+pub struct Bus {
+    tx: broadcast::Sender<Arc<Event>>,
+    next_id: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Bus {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let (tx, _) = broadcast::channel(BUS_CAPACITY);
+        // Ids start at the current time in microseconds so they keep increasing across restarts.
+        let start = u64::try_from(Utc::now().timestamp_micros()).unwrap_or(1);
+        Self {
+            tx,
+            next_id: Arc::new(AtomicU64::new(start)),
+            metrics,
+        }
+    }
+
+    /// Stamps the event with an id and the current time.
+    pub fn event(&self, source: &str, kind: EventKind) -> Event {
+        Event {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            at: Utc::now(),
+            source: source.to_owned(),
+            kind,
+        }
+    }
+
+    /// Hands the event to every subscriber; never blocks.
+    pub fn publish(&self, event: Event) -> Arc<Event> {
+        let event = Arc::new(event);
+        self.metrics
+            .inc("hub_bus_published_total", &[("kind", event.kind.name())]);
+        // No subscriber is not an error: the event was persisted by the caller if it had to be.
+        if self.tx.send(event.clone()).is_err() {
+            self.metrics.inc("hub_bus_unheard_total", &[]);
+        }
+        event
+    }
+
+    pub fn subscribe(&self, name: &'static str) -> Subscription {
+        Subscription {
+            rx: self.tx.subscribe(),
+            name,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+    name: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the bus is gone. Lost events are counted, not fatal.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.metrics
+                        .add("hub_bus_lagged_total", &[("subscriber", self.name)], n);
+                    tracing::warn!(
+                        subscriber = self.name,
+                        lost = n,
+                        "bus subscriber fell behind"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slow_subscriber_never_blocks_and_losses_are_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let bus = Bus::new(metrics.clone());
+        let mut slow = bus.subscribe("slow");
+        for i in 0..BUS_CAPACITY + 10 {
+            bus.publish(bus.event(
+                "test",
+                EventKind::Tick {
+                    schedule: i.to_string(),
+                },
+            ));
+        }
+        let first = slow.recv().await.unwrap();
+        assert_eq!(
+            first.kind,
+            EventKind::Tick {
+                schedule: "10".into()
+            }
+        );
+        assert_eq!(
+            metrics.get("hub_bus_lagged_total", &[("subscriber", "slow")]),
+            10
+        );
+    }
+
+    #[test]
+    fn ids_increase() {
+        let bus = Bus::new(Arc::new(Metrics::default()));
+        let a = bus.event(
+            "t",
+            EventKind::Tick {
+                schedule: "x".into(),
+            },
+        );
+        let b = bus.event(
+            "t",
+            EventKind::Tick {
+                schedule: "x".into(),
+            },
+        );
+        assert!(b.id > a.id);
+    }
+}

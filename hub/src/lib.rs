@@ -1,0 +1,161 @@
+//! Hub: a rules-driven automation and notification hub for utilities. The library holds everything;
+//! `main` only parses the command line. `run` starts the daemon: storage, the event bus, the HTTP API
+//! and UI, and (as their issues land) connectors, rules, campaigns and telephony.
+
+pub mod actions;
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod demo;
+pub mod import;
+pub mod metrics;
+pub mod names;
+pub mod network;
+pub mod storage;
+pub mod testing;
+pub mod types;
+pub mod web;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::names::Role;
+use crate::storage::{Db, StorageError, users};
+
+/// Failures that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("http {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Serve(std::io::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How `hub serve` was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Load the demo data set (idempotent) and create one user per role.
+    pub demo: bool,
+}
+
+/// Opens and migrates the database named by the configuration.
+pub async fn open_db(config: &Config) -> Result<Db, StorageError> {
+    let db = Db::connect(
+        config.database.url.expose(),
+        config.database.max_connections,
+    )
+    .await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// Runs the hub until `shutdown` is cancelled; in-flight requests finish first.
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), HubError> {
+    let db = open_db(&config).await?;
+    tracing::info!(database = %config.database.url, "database ready");
+    if opts.demo {
+        let summary = demo::load(&db).await?;
+        println!("{summary}");
+        for (user, password) in demo::ensure_users(&db).await? {
+            println!("demo user {:<10} password {password}", user);
+        }
+    }
+    if let Some(password) = ensure_first_admin(&db).await? {
+        println!(
+            "first start: created user `admin` with password {password} (shown once; change it)"
+        );
+    }
+
+    let metrics = Arc::new(metrics::Metrics::default());
+    let state = AppState {
+        bus: bus::Bus::new(metrics.clone()),
+        db: db.clone(),
+        metrics,
+        config: Arc::new(config.clone()),
+        network: network::NetworkCache::default(),
+    };
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(trim_readings(
+        db.clone(),
+        config.database.readings_retention_days,
+        shutdown.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|source| HubError::Bind {
+            addr: config.http.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(HubError::Serve)?;
+    println!("http listening on http://{addr}");
+    tracing::info!(%addr, "http listening");
+    let app = api::app(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    db.pool.close().await;
+    tracing::info!("stopped");
+    result.map_err(HubError::Serve)
+}
+
+/// With no user at all, creates `admin` with a random password, returned to be printed once.
+pub async fn ensure_first_admin(db: &Db) -> Result<Option<String>, StorageError> {
+    let mut conn = db.conn().await?;
+    if users::count(&mut conn).await? > 0 {
+        return Ok(None);
+    }
+    let password = auth::new_password();
+    let hash = auth::hash_password(&password)
+        .map_err(|e| StorageError::invalid("password", e.to_string()))?;
+    users::create(&mut conn, "admin", &hash, Role::Admin, None).await?;
+    crate::storage::audit::record(
+        &mut conn,
+        "system",
+        "create",
+        "user",
+        "admin",
+        serde_json::json!({"first_start": true}),
+    )
+    .await?;
+    Ok(Some(password))
+}
+
+/// Hourly: deletes reading history older than the retention setting.
+async fn trim_readings(db: Db, keep_days: u32, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        match db.conn().await {
+            Ok(mut conn) => match storage::sensors::trim_history(&mut conn, keep_days).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "reading history trimmed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reading history trim failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "reading history trim: no connection"),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The `hub` command: parses the command line and calls the library.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hub::config::Config;
+use hub::import::{Format, ImportKind, ImportOptions};
+use hub::names::Role;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "hub",
+    version,
+    about = "Rules-driven automation and notification hub for utilities"
+)]
+struct Cli {
+    /// Configuration file (TOML); embedded defaults when omitted.
+    #[arg(long, short, global = true, env = "HUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter, e.g. `info` or `hub=debug,sqlx=warn`.
+    #[arg(long, global = true, default_value = "info", env = "HUB_LOG")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub: storage, API, web UI (and connectors, rules, telephony as configured).
+    Serve {
+        /// Load the demo data set and create one user per role (credentials are printed).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the configuration file and exit.
+    Validate,
+    /// Import sites, network, consumers or sensors from CSV or JSON.
+    Import {
+        /// sites, network, consumers or sensors.
+        kind: ImportKind,
+        /// The file; `.json` is read as JSON, anything else as CSV.
+        file: PathBuf,
+        /// Import the valid rows even if some are bad.
+        #[arg(long)]
+        skip_invalid: bool,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user; prints a generated password unless --password-stdin.
+    Add {
+        name: String,
+        #[arg(long)]
+        role: Role,
+        /// External id of the only tenant this user may see.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Read the password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Version = cli.command {
+        println!("hub {}", env!("CARGO_PKG_VERSION"));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Version => unreachable!("handled above"),
+        Command::Validate => {
+            println!("configuration is valid");
+        }
+        Command::Serve { demo } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            hub::run(config, hub::RunOptions { demo }, shutdown).await?;
+        }
+        Command::Migrate => {
+            hub::open_db(&config).await?;
+            println!("database is up to date");
+        }
+        Command::Import {
+            kind,
+            file,
+            skip_invalid,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("{}: cannot read", file.display()))?;
+            let db = hub::open_db(&config).await?;
+            let name = file.display().to_string();
+            let opts = ImportOptions {
+                skip_invalid,
+                actor: "cli".into(),
+            };
+            let report =
+                hub::import::run(&db, kind, Format::of_path(&name), &name, &text, &opts).await?;
+            for e in &report.errors {
+                eprintln!("{e}");
+            }
+            println!(
+                "{}: {} rows, {} imported, {} bad",
+                name,
+                report.rows,
+                report.imported,
+                report.errors.len()
+            );
+            if !report.errors.is_empty() {
+                if !skip_invalid {
+                    eprintln!("nothing was imported: fix the rows above or pass --skip-invalid");
+                }
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    name,
+                    role,
+                    tenant,
+                    password_stdin,
+                },
+        } => {
+            let (password, print) = if password_stdin {
+                let mut p = String::new();
+                std::io::stdin().read_to_string(&mut p)?;
+                (p.trim_end_matches(['\n', '\r']).to_owned(), false)
+            } else {
+                (hub::auth::new_password(), true)
+            };
+            anyhow::ensure!(
+                password.chars().count() >= 10,
+                "password: at least 10 characters"
+            );
+            let db = hub::open_db(&config).await?;
+            let mut conn = db.conn().await?;
+            let tenant_id = match tenant {
+                Some(t) => Some(hub::storage::tenants::by_external(&mut conn, &t).await?.id),
+                None => None,
+            };
+            let hash = hub::auth::hash_password(&password)?;
+            let user =
+                hub::storage::users::create(&mut conn, &name, &hash, role, tenant_id).await?;
+            hub::storage::audit::record(
+                &mut conn,
+                "cli",
+                "create",
+                "user",
+                &user.id.to_string(),
+                serde_json::json!({"role": role}),
+            )
+            .await?;
+            if print {
+                println!("created user `{name}` ({role}) with password {password}");
+            } else {
+                println!("created user `{name}` ({role})");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,269 @@
+//! Sensors (pressure, temperature, flow...) and their readings: the last value per sensor and a
+//! history table trimmed by the retention setting.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::AnyConnection;
+use utoipa::ToSchema;
+
+use super::{PageRequest, StorageError, from_ms, refs::Refs, to_ms};
+use crate::names::SensorKind;
+use crate::types::ExternalId;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Sensor {
+    pub id: i64,
+    pub tenant_id: i64,
+    /// Unique across tenants: it is what MQTT topics and Modbus maps name.
+    pub external_id: String,
+    pub kind: SensorKind,
+    pub unit: String,
+    pub site_id: Option<i64>,
+    pub supply_point_id: Option<i64>,
+    /// Seconds of silence after which the sensor is reported offline.
+    pub offline_after_s: i64,
+    pub last_value: Option<f64>,
+    pub last_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSensor {
+    pub tenant: ExternalId,
+    pub external_id: ExternalId,
+    pub kind: SensorKind,
+    /// `bar`, `°C`, `m3/h`, ...
+    #[serde(default)]
+    pub unit: String,
+    #[serde(default)]
+    pub site: Option<ExternalId>,
+    #[serde(default)]
+    pub supply_point: Option<ExternalId>,
+    #[serde(default = "default_offline_after_s")]
+    pub offline_after_s: i64,
+}
+
+fn default_offline_after_s() -> i64 {
+    300
+}
+
+/// One stored reading.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Reading {
+    pub at: DateTime<Utc>,
+    pub value: f64,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    tenant_id: i64,
+    external_id: String,
+    kind: String,
+    unit: String,
+    site_id: Option<i64>,
+    supply_point_id: Option<i64>,
+    offline_after_s: i64,
+    last_value: Option<f64>,
+    last_at: Option<i64>,
+}
+
+impl TryFrom<Row> for Sensor {
+    type Error = StorageError;
+    fn try_from(r: Row) -> Result<Self, StorageError> {
+        Ok(Sensor {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            kind: super::parse_name("kind", &r.kind)?,
+            external_id: r.external_id,
+            unit: r.unit,
+            site_id: r.site_id,
+            supply_point_id: r.supply_point_id,
+            offline_after_s: r.offline_after_s,
+            last_value: r.last_value,
+            last_at: r.last_at.map(from_ms),
+        })
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, external_id, kind, unit, site_id, supply_point_id, offline_after_s, last_value, last_at";
+
+pub async fn upsert(
+    conn: &mut AnyConnection,
+    refs: &mut Refs,
+    s: &NewSensor,
+) -> Result<Sensor, StorageError> {
+    if !(1..=86_400 * 7).contains(&s.offline_after_s) {
+        return Err(StorageError::invalid(
+            "offline_after_s",
+            "between 1 second and 7 days",
+        ));
+    }
+    let tenant_id = refs.tenant(conn, s.tenant.as_str()).await?;
+    let site_id = match &s.site {
+        Some(x) => Some(refs.site(conn, "site", tenant_id, x.as_str()).await?),
+        None => None,
+    };
+    let point_id = match &s.supply_point {
+        Some(x) => Some(
+            refs.supply_point(conn, "supply_point", tenant_id, x.as_str())
+                .await?,
+        ),
+        None => None,
+    };
+    let owner: Option<(i64,)> =
+        sqlx::query_as("SELECT tenant_id FROM sensors WHERE external_id = $1")
+            .bind(s.external_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+    if owner.is_some_and(|(t,)| t != tenant_id) {
+        return Err(StorageError::Conflict {
+            what: format!("sensor `{}` of another tenant", s.external_id),
+        });
+    }
+    let sql = format!(
+        "INSERT INTO sensors (tenant_id, external_id, kind, unit, site_id, supply_point_id, offline_after_s)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (external_id) DO UPDATE SET kind = excluded.kind, unit = excluded.unit,
+           site_id = excluded.site_id, supply_point_id = excluded.supply_point_id,
+           offline_after_s = excluded.offline_after_s
+         RETURNING {COLUMNS}"
+    );
+    let row: Row = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(s.external_id.as_str())
+        .bind(s.kind.as_str())
+        .bind(&s.unit)
+        .bind(site_id)
+        .bind(point_id)
+        .bind(s.offline_after_s)
+        .fetch_one(&mut *conn)
+        .await?;
+    row.try_into()
+}
+
+pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<Sensor, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM sensors WHERE id = $1");
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.ok_or_else(|| StorageError::not_found(format!("sensor {id}")))?
+        .try_into()
+}
+
+pub async fn by_external(
+    conn: &mut AnyConnection,
+    external_id: &str,
+) -> Result<Sensor, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM sensors WHERE external_id = $1");
+    let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(external_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.ok_or_else(|| StorageError::not_found(format!("sensor `{external_id}`")))?
+        .try_into()
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SensorFilter {
+    pub tenant_id: Option<i64>,
+    pub kind: Option<SensorKind>,
+    pub site_id: Option<i64>,
+    pub supply_point_id: Option<i64>,
+}
+
+pub async fn list(
+    conn: &mut AnyConnection,
+    f: &SensorFilter,
+    page: PageRequest,
+) -> Result<Vec<Sensor>, StorageError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM sensors WHERE id > $1 AND ($2 IS NULL OR tenant_id = $2)
+           AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR site_id = $4) AND ($5 IS NULL OR supply_point_id = $5)
+         ORDER BY id LIMIT $6"
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(page.after)
+        .bind(f.tenant_id)
+        .bind(f.kind.map(|k| k.as_str()))
+        .bind(f.site_id)
+        .bind(f.supply_point_id)
+        .bind(page.limit)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter().map(TryInto::try_into).collect()
+}
+
+pub async fn delete(conn: &mut AnyConnection, id: i64) -> Result<(), StorageError> {
+    let done = sqlx::query("DELETE FROM sensors WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StorageError::not_found(format!("sensor {id}")));
+    }
+    Ok(())
+}
+
+/// Stores a reading in the history and as the sensor's last value (unless an older reading arrives late).
+pub async fn record_reading(
+    conn: &mut AnyConnection,
+    sensor_id: i64,
+    at: DateTime<Utc>,
+    value: f64,
+) -> Result<(), StorageError> {
+    if !value.is_finite() {
+        return Err(StorageError::invalid("value", "must be a finite number"));
+    }
+    let at = to_ms(at);
+    sqlx::query("INSERT INTO readings (sensor_id, at, value) VALUES ($1, $2, $3)")
+        .bind(sensor_id)
+        .bind(at)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE sensors SET last_value = $1, last_at = $2 WHERE id = $3 AND (last_at IS NULL OR last_at <= $2)")
+        .bind(value)
+        .bind(at)
+        .bind(sensor_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Readings of a sensor in `[from, to)`, oldest first, at most `limit`.
+pub async fn history(
+    conn: &mut AnyConnection,
+    sensor_id: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Reading>, StorageError> {
+    let rows: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT at, value FROM readings WHERE sensor_id = $1 AND at >= $2 AND at < $3 ORDER BY at LIMIT $4",
+    )
+    .bind(sensor_id)
+    .bind(to_ms(from))
+    .bind(to_ms(to))
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(at, value)| Reading {
+            at: from_ms(at),
+            value,
+        })
+        .collect())
+}
+
+/// Deletes history older than `keep_days`; the sensors' last values stay.
+pub async fn trim_history(conn: &mut AnyConnection, keep_days: u32) -> Result<u64, StorageError> {
+    let cutoff = super::now_ms() - i64::from(keep_days) * 86_400_000;
+    let done = sqlx::query("DELETE FROM readings WHERE at < $1")
+        .bind(cutoff)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected())
+}
