@@ -2,7 +2,7 @@
 //! they are linked to. Written in batches: an import of 100,000 consumers is a few hundred statements.
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AnyConnection, QueryBuilder};
+use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use super::{PageRequest, StorageError, json_list, parse_json_list, refs::Refs};
@@ -186,38 +186,39 @@ pub async fn upsert_many(
             sites.dedup();
             resolved.push((tenant_id, sites));
         }
-        let mut q: QueryBuilder<Any> = QueryBuilder::new(
+        let sql = format!(
             "INSERT INTO consumers (tenant_id, external_id, kind, name, phones, email, telegram, \
-             preferred_channels, opt_out, account_number, language, life_support, social_object) ",
-        );
-        q.push_values(chunk.iter().zip(&resolved), |mut b, (c, (tenant_id, _))| {
-            let phones: Vec<String> = c.phones.iter().map(|p| p.as_str().to_owned()).collect();
-            let names = |l: &[Channel]| {
-                json_list(&l.iter().map(|c| c.as_str().to_owned()).collect::<Vec<_>>())
-            };
-            b.push_bind(*tenant_id)
-                .push_bind(c.external_id.as_str().to_owned())
-                .push_bind(c.kind.as_str())
-                .push_bind(c.name.clone())
-                .push_bind(json_list(&phones))
-                .push_bind(c.email.as_ref().map(|e| e.as_str().to_owned()))
-                .push_bind(c.telegram.clone())
-                .push_bind(names(&c.preferred_channels))
-                .push_bind(names(&c.opt_out))
-                .push_bind(c.account_number.clone())
-                .push_bind(c.language.clone())
-                .push_bind(i64::from(c.life_support))
-                .push_bind(i64::from(c.social_object));
-        });
-        q.push(
-            " ON CONFLICT (tenant_id, external_id) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
+             preferred_channels, opt_out, account_number, language, life_support, social_object) VALUES {} \
+             ON CONFLICT (tenant_id, external_id) DO UPDATE SET kind = excluded.kind, name = excluded.name, \
              phones = excluded.phones, email = excluded.email, telegram = excluded.telegram, \
              preferred_channels = excluded.preferred_channels, opt_out = excluded.opt_out, \
              account_number = excluded.account_number, language = excluded.language, \
              life_support = excluded.life_support, social_object = excluded.social_object \
              RETURNING id, tenant_id, external_id",
+            super::placeholders(chunk.len(), 13)
         );
-        let rows: Vec<(i64, i64, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        let mut q = sqlx::query_as::<_, (i64, i64, String)>(sqlx::AssertSqlSafe(sql));
+        for (c, (tenant_id, _)) in chunk.iter().zip(&resolved) {
+            let phones: Vec<String> = c.phones.iter().map(|p| p.as_str().to_owned()).collect();
+            let names = |l: &[Channel]| {
+                json_list(&l.iter().map(|c| c.as_str().to_owned()).collect::<Vec<_>>())
+            };
+            q = q
+                .bind(*tenant_id)
+                .bind(c.external_id.as_str().to_owned())
+                .bind(c.kind.as_str())
+                .bind(c.name.clone())
+                .bind(json_list(&phones))
+                .bind(c.email.as_ref().map(|e| e.as_str().to_owned()))
+                .bind(c.telegram.clone())
+                .bind(names(&c.preferred_channels))
+                .bind(names(&c.opt_out))
+                .bind(c.account_number.clone())
+                .bind(c.language.clone())
+                .bind(i64::from(c.life_support))
+                .bind(i64::from(c.social_object));
+        }
+        let rows = q.fetch_all(&mut *conn).await?;
         let by_key: std::collections::HashMap<(i64, &str), i64> = rows
             .iter()
             .map(|(id, t, ext)| ((*t, ext.as_str()), *id))
@@ -233,14 +234,15 @@ pub async fn upsert_many(
             })
             .collect();
 
-        let mut del: QueryBuilder<Any> =
-            QueryBuilder::new("DELETE FROM consumer_sites WHERE consumer_id IN (");
-        let mut sep = del.separated(", ");
+        let sql = format!(
+            "DELETE FROM consumer_sites WHERE consumer_id IN ({})",
+            (1..=chunk_ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+        );
+        let mut del = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in &chunk_ids {
-            sep.push_bind(*id);
+            del = del.bind(*id);
         }
-        del.push(")");
-        del.build().execute(&mut *conn).await?;
+        del.execute(&mut *conn).await?;
 
         let links: Vec<(i64, i64)> = chunk_ids
             .iter()
@@ -248,12 +250,15 @@ pub async fn upsert_many(
             .flat_map(|(id, (_, sites))| sites.iter().map(move |s| (*id, *s)))
             .collect();
         for part in links.chunks(BATCH * 4) {
-            let mut ins: QueryBuilder<Any> =
-                QueryBuilder::new("INSERT INTO consumer_sites (consumer_id, site_id) ");
-            ins.push_values(part, |mut b, (c, s)| {
-                b.push_bind(*c).push_bind(*s);
-            });
-            ins.build().execute(&mut *conn).await?;
+            let sql = format!(
+                "INSERT INTO consumer_sites (consumer_id, site_id) VALUES {}",
+                super::placeholders(part.len(), 2)
+            );
+            let mut ins = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (c, s) in part {
+                ins = ins.bind(*c).bind(*s);
+            }
+            ins.execute(&mut *conn).await?;
         }
         ids.extend(chunk_ids);
     }

@@ -220,6 +220,26 @@ pub async fn id_by_external(
     Ok(id.map(|(id,)| id))
 }
 
+/// `($1, $2), ($3, $4)` for a multi-row insert of `rows` rows of `columns` values: `$N` placeholders
+/// work on both back-ends (sqlx's `QueryBuilder` over `Any` writes `?`, which PostgreSQL rejects).
+pub fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 6);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for c in 0..columns {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!("${}", r * columns + c + 1));
+        }
+        out.push(')');
+    }
+    out
+}
+
 /// Parses a value of a closed set of names (`kind`, `status`, ...), naming the field on error.
 pub fn parse_name<T: FromStr>(field: &str, value: &str) -> Result<T, StorageError> {
     value
@@ -245,6 +265,11 @@ pub(crate) mod test_db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_number_every_value() {
+        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
+    }
 
     #[test]
     fn sqlite_urls_create_the_file() {
