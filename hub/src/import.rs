@@ -211,11 +211,10 @@ fn csv_value(kind: ImportKind, column: &str, value: &str) -> Value {
             _ => {}
         }
     }
-    if int_columns(kind).contains(&column) {
-        if let Ok(n) = value.parse::<i64>() {
+    if int_columns(kind).contains(&column)
+        && let Ok(n) = value.parse::<i64>() {
             return Value::from(n);
         }
-    }
     Value::String(value.to_owned())
 }
 

@@ -30,18 +30,16 @@ impl NetworkCache {
     /// A snapshot that includes every change committed before the call.
     pub async fn get(&self, db: &Db) -> Result<Arc<NetworkIndex>, StorageError> {
         let wanted = self.inner.wanted.load(Ordering::SeqCst);
-        if let (generation, Some(idx)) = &*self.inner.current.read().await {
-            if *generation >= wanted {
+        if let (generation, Some(idx)) = &*self.inner.current.read().await
+            && *generation >= wanted {
                 return Ok(idx.clone());
             }
-        }
         // One rebuild at a time; those who waited find it done.
         let _guard = self.inner.rebuilding.lock().await;
-        if let (generation, Some(idx)) = &*self.inner.current.read().await {
-            if *generation >= wanted {
+        if let (generation, Some(idx)) = &*self.inner.current.read().await
+            && *generation >= wanted {
                 return Ok(idx.clone());
             }
-        }
         let started = std::time::Instant::now();
         let generation = self.inner.wanted.load(Ordering::SeqCst);
         let mut conn = db.conn().await?;

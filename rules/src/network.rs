@@ -179,11 +179,11 @@ impl NetworkIndex {
         let mut site_seen = vec![false; self.site_ids.len()];
         let mut queue: Vec<usize> = Vec::new();
         for r in roots {
-            if let Ok(i) = self.site_ids.binary_search(r) {
-                if !site_seen[i] {
-                    site_seen[i] = true;
-                    queue.push(i);
-                }
+            if let Ok(i) = self.site_ids.binary_search(r)
+                && !site_seen[i]
+            {
+                site_seen[i] = true;
+                queue.push(i);
             }
         }
         let mut consumer_seen = vec![false; self.consumer_ids.len()];

@@ -431,6 +431,29 @@ pub fn token_of(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
+/// Writes the audit entry of a change and commits it with the change.
+pub async fn commit_audited<T: Serialize>(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    user: &CurrentUser,
+    action: &str,
+    object_type: &str,
+    object_id: i64,
+    value: &T,
+) -> Result<(), ApiError> {
+    let details = serde_json::to_value(value).unwrap_or_default();
+    crate::storage::audit::record(
+        &mut tx,
+        user.name(),
+        action,
+        object_type,
+        &object_id.to_string(),
+        details,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,25 +521,3 @@ mod tests {
     }
 }
 
-/// Writes the audit entry of a change and commits it with the change.
-pub async fn commit_audited<T: Serialize>(
-    mut tx: sqlx::Transaction<'static, sqlx::Any>,
-    user: &CurrentUser,
-    action: &str,
-    object_type: &str,
-    object_id: i64,
-    value: &T,
-) -> Result<(), ApiError> {
-    let details = serde_json::to_value(value).unwrap_or_default();
-    crate::storage::audit::record(
-        &mut tx,
-        user.name(),
-        action,
-        object_type,
-        &object_id.to_string(),
-        details,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
-}

@@ -81,19 +81,17 @@ impl NewConsumer {
                 format!("`{}`: use ru or en", self.language),
             ));
         }
-        if let Some(t) = &self.telegram {
-            if t.trim().is_empty() || t.contains(char::is_whitespace) {
+        if let Some(t) = &self.telegram
+            && (t.trim().is_empty() || t.contains(char::is_whitespace)) {
                 return Err(StorageError::invalid(
                     "telegram",
                     "a chat id or @username without spaces",
                 ));
             }
-        }
-        if let Some(a) = &self.account_number {
-            if a.trim().is_empty() || a.len() > 40 {
+        if let Some(a) = &self.account_number
+            && (a.trim().is_empty() || a.len() > 40) {
                 return Err(StorageError::invalid("account_number", "1-40 characters"));
             }
-        }
         Ok(())
     }
 }

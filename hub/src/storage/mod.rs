@@ -142,8 +142,8 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    if path != ":memory:" {
-        if let Some(dir) = Path::new(path)
+    if path != ":memory:"
+        && let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
         {
@@ -152,7 +152,6 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
                 source,
             })?;
         }
-    }
     let mode = if query.contains("mode=") {
         String::new()
     } else {

@@ -117,13 +117,15 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<User, StorageError
         .try_into()
 }
 
+type CredentialsRow = (i64, String, String, Option<i64>, i64, i64, String);
+
 /// The user and password hash for a login.
 pub async fn credentials(
     conn: &mut AnyConnection,
     username: &str,
 ) -> Result<Option<(User, String)>, StorageError> {
     let sql = format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = $1");
-    let row: Option<(i64, String, String, Option<i64>, i64, i64, String)> =
+    let row: Option<CredentialsRow> =
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(username)
             .fetch_optional(&mut *conn)
@@ -197,10 +199,8 @@ pub async fn by_session(
     conn: &mut AnyConnection,
     token_hash: &str,
 ) -> Result<Option<User>, StorageError> {
-    let sql = format!(
-        "SELECT u.id, u.username, u.role, u.tenant_id, u.disabled, u.created_at FROM sessions s
-         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0"
-    );
+    let sql = "SELECT u.id, u.username, u.role, u.tenant_id, u.disabled, u.created_at FROM sessions s
+         JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0".to_string();
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(token_hash)
         .bind(now_ms())
