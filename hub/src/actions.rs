@@ -79,3 +79,26 @@ async fn finish_outage(
     state.bus.publish(event);
     Ok((outage, change))
 }
+
+/// Stores a reading (history and last value) and then publishes it: a reading is persisted before it
+/// is acknowledged.
+pub async fn record_reading(
+    state: &AppState,
+    source: &str,
+    sensor: &crate::storage::sensors::Sensor,
+    at: chrono::DateTime<chrono::Utc>,
+    value: f64,
+) -> Result<(), StorageError> {
+    let mut conn = state.db.conn().await?;
+    crate::storage::sensors::record_reading(&mut conn, sensor.id, at, value).await?;
+    let mut event = state.bus.event(
+        source,
+        EventKind::Reading {
+            sensor: sensor.external_id.clone(),
+            value,
+        },
+    );
+    event.at = at;
+    state.bus.publish(event);
+    Ok(())
+}

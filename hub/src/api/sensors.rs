@@ -5,10 +5,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiError, ApiJson, ApiQuery, AppState, CurrentUser, Page, Paged, commit_audited};
+use crate::actions;
 use crate::auth::Permission;
 use crate::names::SensorKind;
 use crate::storage::refs::Refs;
@@ -18,7 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, upsert))
         .routes(routes!(get_one, delete))
-        .routes(routes!(readings))
+        .routes(routes!(readings, add_reading))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -138,4 +139,154 @@ async fn readings(
     Ok(Json(
         sensors::history(&mut conn, sensor.id, from, to, limit).await?,
     ))
+}
+
+/// A reading pushed over HTTP (for sensors and systems that cannot speak MQTT or Modbus).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReading {
+    /// The value in the sensor's unit.
+    pub value: f64,
+    /// When it was measured; now by default.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// Records a reading: stored, then published on the bus; answered once persisted.
+#[utoipa::path(post, path = "/sensors/{id}/readings", tag = "sensors", request_body = NewReading, responses((status = 204)))]
+async fn add_reading(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<NewReading>,
+) -> Result<StatusCode, ApiError> {
+    user.require(Permission::ManageModel)?;
+    if !r.value.is_finite() {
+        return Err(ApiError::field("value", "must be a finite number"));
+    }
+    let at = r.at.unwrap_or_else(Utc::now);
+    if at > Utc::now() + Duration::minutes(5) {
+        return Err(ApiError::field("at", "is in the future"));
+    }
+    let sensor = {
+        let mut conn = s.db.conn().await?;
+        find(&mut conn, &id).await?
+    };
+    user.check_tenant(sensor.tenant_id, &format!("sensor {id}"))?;
+    actions::record_reading(&s, "api", &sensor, at, r.value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::names::Role;
+
+    fn req(method: &str, uri: &str, token: &str, body: Option<serde_json::Value>) -> Request<Body> {
+        let b = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        match body {
+            Some(v) => b
+                .header("content-type", "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        }
+    }
+
+    async fn json(res: axum::response::Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reading_is_stored_then_published() {
+        let (app, state, token, _d) = super::super::test_app(Role::Engineer).await;
+        let mut conn = state.db.conn().await.unwrap();
+        let t = serde_json::from_value(
+            serde_json::json!({"external_id": "t", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut conn, &t)
+            .await
+            .unwrap();
+        drop(conn);
+        let sensor = serde_json::json!({"tenant": "t", "external_id": "hp1.p", "kind": "pressure", "unit": "bar"});
+        let res = app
+            .clone()
+            .oneshot(req("POST", "/api/v1/sensors", &token, Some(sensor)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+
+        let mut sub = state.bus.subscribe("test");
+        let res = app
+            .clone()
+            .oneshot(req(
+                "POST",
+                "/api/v1/sensors/hp1.p/readings",
+                &token,
+                Some(serde_json::json!({"value": 4.5})),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        let event = sub.recv().await.unwrap();
+        assert_eq!(
+            event.kind,
+            rules::EventKind::Reading {
+                sensor: "hp1.p".into(),
+                value: 4.5
+            }
+        );
+
+        let res = app
+            .clone()
+            .oneshot(req("GET", "/api/v1/sensors/hp1.p", &token, None))
+            .await
+            .unwrap();
+        assert_eq!(json(res).await["last_value"], 4.5);
+        let res = app
+            .clone()
+            .oneshot(req("GET", "/api/v1/sensors/hp1.p/readings", &token, None))
+            .await
+            .unwrap();
+        assert_eq!(json(res).await.as_array().unwrap().len(), 1);
+
+        let res = app
+            .clone()
+            .oneshot(req(
+                "POST",
+                "/api/v1/sensors/hp1.p/readings",
+                &token,
+                Some(serde_json::json!({"value": "high"})),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(json(res).await["errors"][0]["field"], "value");
+        let res = app
+            .clone()
+            .oneshot(req(
+                "POST",
+                "/api/v1/sensors/nope/readings",
+                &token,
+                Some(serde_json::json!({"value": 1})),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let res = app
+            .oneshot(req("GET", "/api/v1/sensors", "wrong", None))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
 }
