@@ -454,6 +454,38 @@ pub async fn commit_audited<T: Serialize>(
     Ok(())
 }
 
+/// Builds an app over a fresh database with a logged-in user of `role`, for `oneshot` tests.
+#[cfg(test)]
+pub(crate) async fn test_app(
+    role: crate::names::Role,
+) -> (Router, AppState, String, tempfile::TempDir) {
+    let (db, dir) = crate::storage::test_db::fresh().await;
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState {
+        bus: Bus::new(metrics.clone()),
+        db: db.clone(),
+        metrics,
+        config: Arc::new(Config::default()),
+        network: NetworkCache::default(),
+    };
+    let mut conn = db.conn().await.unwrap();
+    let user = crate::storage::users::create(&mut conn, "u", "x", role, None)
+        .await
+        .unwrap();
+    let token = crate::auth::new_token();
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    crate::storage::users::create_session(
+        &mut conn,
+        &crate::auth::token_hash(&token),
+        user.id,
+        "session",
+        expires,
+    )
+    .await
+    .unwrap();
+    (app(state.clone()), state, token, dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,36 +551,4 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer xyz".parse().unwrap());
         assert_eq!(token_of(&h).as_deref(), Some("xyz"));
     }
-}
-
-/// Builds an app over a fresh database with a logged-in user of `role`, for `oneshot` tests.
-#[cfg(test)]
-pub(crate) async fn test_app(
-    role: crate::names::Role,
-) -> (Router, AppState, String, tempfile::TempDir) {
-    let (db, dir) = crate::storage::test_db::fresh().await;
-    let metrics = Arc::new(Metrics::default());
-    let state = AppState {
-        bus: Bus::new(metrics.clone()),
-        db: db.clone(),
-        metrics,
-        config: Arc::new(Config::default()),
-        network: NetworkCache::default(),
-    };
-    let mut conn = db.conn().await.unwrap();
-    let user = crate::storage::users::create(&mut conn, "u", "x", role, None)
-        .await
-        .unwrap();
-    let token = crate::auth::new_token();
-    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
-    crate::storage::users::create_session(
-        &mut conn,
-        &crate::auth::token_hash(&token),
-        user.id,
-        "session",
-        expires,
-    )
-    .await
-    .unwrap();
-    (app(state.clone()), state, token, dir)
 }
