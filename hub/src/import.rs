@@ -45,6 +45,8 @@ pub struct ImportOptions {
     pub skip_invalid: bool,
     /// Who imports, for the audit log.
     pub actor: String,
+    /// Rows of other tenants are refused (the importing user is bound to this tenant).
+    pub tenant_scope: Option<i64>,
 }
 
 /// One bad row.
@@ -212,9 +214,10 @@ fn csv_value(kind: ImportKind, column: &str, value: &str) -> Value {
         }
     }
     if int_columns(kind).contains(&column)
-        && let Ok(n) = value.parse::<i64>() {
-            return Value::from(n);
-        }
+        && let Ok(n) = value.parse::<i64>()
+    {
+        return Value::from(n);
+    }
     Value::String(value.to_owned())
 }
 
@@ -292,7 +295,7 @@ pub async fn run(
     let rows = parse_rows(kind, format, file, text, &mut errors);
     let total = rows.len() + errors.len();
     let mut tx = db.pool.begin().await?;
-    let mut refs = Refs::new();
+    let mut refs = Refs::scoped(opts.tenant_scope);
     let row_err = |file: &str, line: usize, e: StorageError| -> Result<RowError, StorageError> {
         match e {
             StorageError::Invalid { field, reason } => Ok(RowError {
@@ -568,5 +571,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.errors[0].field, "file");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_bound_import_cannot_touch_other_tenants() {
+        let (db, _d) = seeded().await;
+        let mut c = db.conn().await.unwrap();
+        let t2 = serde_json::from_value(
+            serde_json::json!({"external_id": "t2", "name": "T2", "kind": "supplier"}),
+        )
+        .unwrap();
+        let t2 = crate::storage::tenants::upsert(&mut c, &t2).await.unwrap();
+        drop(c);
+        let opts = ImportOptions {
+            actor: "t2-engineer".into(),
+            tenant_scope: Some(t2.id),
+            ..Default::default()
+        };
+        let r = run(
+            &db,
+            ImportKind::Sites,
+            Format::Csv,
+            "sites.csv",
+            SITES,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.imported, 0);
+        assert_eq!(
+            r.errors[0].to_string(),
+            "sites.csv:2: tenant: `t1` is not your tenant"
+        );
+        assert_eq!(count(&db, "sites").await, 0);
     }
 }

@@ -134,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = ImportOptions {
                 skip_invalid,
                 actor: "cli".into(),
+                tenant_scope: None,
             };
             let report =
                 hub::import::run(&db, kind, Format::of_path(&name), &name, &text, &opts).await?;

@@ -52,7 +52,16 @@ async fn list(
         life_support: q.life_support,
         social_object: q.social_object,
         account_number: q.account_number,
-        phone: q.phone,
+        phone: match q.phone {
+            // An unescaped `+` in a query string arrives as a space.
+            Some(p) => Some(
+                crate::types::PhoneNumber::try_from(p.replacen(' ', "+", 1))
+                    .map_err(|e| ApiError::field("phone", e))?
+                    .as_str()
+                    .to_owned(),
+            ),
+            None => None,
+        },
         q: q.q,
     };
     let mut conn = s.db.conn().await?;
@@ -69,7 +78,12 @@ async fn upsert(
 ) -> Result<Json<Consumer>, ApiError> {
     user.require(Permission::ManageModel)?;
     let mut tx = s.db.pool.begin().await?;
-    let ids = consumers::upsert_many(&mut tx, &mut Refs::new(), std::slice::from_ref(&new)).await?;
+    let ids = consumers::upsert_many(
+        &mut tx,
+        &mut Refs::scoped(user.0.tenant_id),
+        std::slice::from_ref(&new),
+    )
+    .await?;
     let c = consumers::get(&mut tx, ids.first().copied().unwrap_or_default()).await?;
     user.check_tenant(c.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "consumer", c.id, &c).await?;

@@ -7,27 +7,63 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, CurrentUser};
+use rules::EventKind;
+
+use super::{ApiError, AppState, CurrentUser};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
 }
 
 /// Every event on the bus as it happens (`event:` is its kind, `data:` the JSON event). Readings are
-/// included; a client that cannot keep up misses the oldest and is told with a `lagged` event.
+/// included; a client that cannot keep up misses the oldest (counted in `hub_bus_lagged_total`).
+/// A user bound to one tenant receives only the events that name that tenant (outages).
 #[utoipa::path(get, path = "/events/stream", tag = "events", responses((status = 200, content_type = "text/event-stream")))]
 async fn stream(
     State(s): State<AppState>,
-    _user: CurrentUser,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    user: CurrentUser,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let only_tenant = match user.0.tenant_id {
+        Some(id) => {
+            let mut conn = s.db.conn().await?;
+            Some(
+                crate::storage::tenants::get(&mut conn, id)
+                    .await?
+                    .external_id,
+            )
+        }
+        None => None,
+    };
     let sub = s.bus.subscribe("sse");
-    let stream = futures::stream::unfold(sub, |mut sub| async move {
-        let event = sub.recv().await?;
+    let stream = futures::stream::unfold((sub, only_tenant), |(mut sub, only_tenant)| async move {
+        let event = loop {
+            let event = sub.recv().await?;
+            if visible(&event.kind, only_tenant.as_deref()) {
+                break event;
+            }
+        };
         let sse = SseEvent::default()
             .event(event.kind.name())
             .id(event.id.to_string())
             .data(serde_json::to_string(&*event).unwrap_or_default());
-        Some((Ok(sse), sub))
+        Some((Ok(sse), (sub, only_tenant)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Whether a user bound to `only_tenant` (if any) may see the event.
+fn visible(kind: &EventKind, only_tenant: Option<&str>) -> bool {
+    let Some(own) = only_tenant else { return true };
+    match kind {
+        EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
+            o.tenant == own
+        }
+        EventKind::Reading { .. }
+        | EventKind::SensorOffline { .. }
+        | EventKind::SensorOnline { .. }
+        | EventKind::AlarmRaised(_)
+        | EventKind::AlarmAcknowledged(_)
+        | EventKind::AlarmCleared(_)
+        | EventKind::Tick { .. } => false,
+    }
 }

@@ -10,8 +10,13 @@ use super::{ApiError, ApiQuery, AppState, CurrentUser};
 use crate::auth::Permission;
 use crate::import::{self, Format, ImportKind, ImportOptions, ImportReport};
 
+/// Largest file accepted over HTTP (the CLI has no limit).
+pub const MAX_IMPORT_BODY: usize = 64 << 20;
+
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(run))
+    OpenApiRouter::new()
+        .routes(routes!(run))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_IMPORT_BODY))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -53,6 +58,7 @@ async fn run(
     let opts = ImportOptions {
         skip_invalid: q.skip_invalid,
         actor: user.name().to_owned(),
+        tenant_scope: user.0.tenant_id,
     };
     let report = import::run(&s.db, kind, format, "upload", text, &opts).await?;
     s.network.invalidate();

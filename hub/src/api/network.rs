@@ -55,7 +55,7 @@ async fn upsert(
 ) -> Result<Json<SupplyPoint>, ApiError> {
     user.require(Permission::ManageModel)?;
     let mut tx = s.db.pool.begin().await?;
-    let p = network::upsert(&mut tx, &mut Refs::new(), &new).await?;
+    let p = network::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(p.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "supply_point", p.id, &p).await?;
     s.network.invalidate();

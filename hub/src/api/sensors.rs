@@ -64,7 +64,7 @@ async fn upsert(
 ) -> Result<Json<Sensor>, ApiError> {
     user.require(Permission::ManageModel)?;
     let mut tx = s.db.pool.begin().await?;
-    let sensor = sensors::upsert(&mut tx, &mut Refs::new(), &new).await?;
+    let sensor = sensors::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(sensor.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "sensor", sensor.id, &sensor).await?;
     Ok(Json(sensor))

@@ -68,7 +68,7 @@ async fn upsert(
 ) -> Result<Json<Site>, ApiError> {
     user.require(Permission::ManageModel)?;
     let mut tx = s.db.pool.begin().await?;
-    let site = sites::upsert(&mut tx, &mut Refs::new(), &new).await?;
+    let site = sites::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(site.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "site", site.id, &site).await?;
     s.network.invalidate();

@@ -9,6 +9,8 @@ use super::StorageError;
 
 #[derive(Default)]
 pub struct Refs {
+    /// When set, only this tenant may be referred to (a tenant-bound user is writing).
+    only_tenant: Option<i64>,
     tenants: HashMap<String, i64>,
     rows: HashMap<(&'static str, i64, String), i64>,
 }
@@ -16,6 +18,14 @@ pub struct Refs {
 impl Refs {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Refs that refuse every tenant but `tenant` (when given).
+    pub fn scoped(tenant: Option<i64>) -> Self {
+        Self {
+            only_tenant: tenant,
+            ..Self::default()
+        }
     }
 
     /// The id of tenant `external_id`; an unknown tenant is a `tenant` field error.
@@ -33,6 +43,12 @@ impl Refs {
             .await?;
         let (id,) = id
             .ok_or_else(|| StorageError::invalid("tenant", format!("no tenant `{external_id}`")))?;
+        if self.only_tenant.is_some_and(|only| only != id) {
+            return Err(StorageError::invalid(
+                "tenant",
+                format!("`{external_id}` is not your tenant"),
+            ));
+        }
         self.tenants.insert(external_id.to_owned(), id);
         Ok(id)
     }
