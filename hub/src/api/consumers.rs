@@ -87,7 +87,6 @@ async fn upsert(
     let c = consumers::get(&mut tx, ids.first().copied().unwrap_or_default()).await?;
     user.check_tenant(c.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "consumer", c.id, &c).await?;
-    s.network.invalidate();
     Ok(Json(c))
 }
 
@@ -115,6 +114,5 @@ async fn delete(
     user.check_tenant(c.tenant_id, &format!("consumer {id}"))?;
     consumers::delete(&mut tx, id).await?;
     commit_audited(tx, &user, "delete", "consumer", id, &c).await?;
-    s.network.invalidate();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -61,7 +61,6 @@ async fn run(
         tenant_scope: user.0.tenant_id,
     };
     let report = import::run(&s.db, kind, format, "upload", text, &opts).await?;
-    s.network.invalidate();
     if !report.errors.is_empty() && !q.skip_invalid {
         return Err(ApiError::Invalid(
             report

@@ -58,7 +58,6 @@ async fn upsert(
     let p = network::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(p.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "supply_point", p.id, &p).await?;
-    s.network.invalidate();
     Ok(Json(p))
 }
 
@@ -86,7 +85,6 @@ async fn delete(
     user.check_tenant(p.tenant_id, &format!("supply point {id}"))?;
     network::delete(&mut tx, id).await?;
     commit_audited(tx, &user, "delete", "supply_point", id, &p).await?;
-    s.network.invalidate();
     Ok(StatusCode::NO_CONTENT)
 }
 

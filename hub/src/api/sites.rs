@@ -71,7 +71,6 @@ async fn upsert(
     let site = sites::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(site.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "site", site.id, &site).await?;
-    s.network.invalidate();
     Ok(Json(site))
 }
 
@@ -100,6 +99,5 @@ async fn delete(
     user.check_tenant(site.tenant_id, &format!("site {id}"))?;
     sites::delete(&mut tx, id).await?;
     commit_audited(tx, &user, "delete", "site", id, &site).await?;
-    s.network.invalidate();
     Ok(StatusCode::NO_CONTENT)
 }

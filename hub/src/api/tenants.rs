@@ -68,6 +68,5 @@ async fn delete(
     let mut tx = s.db.pool.begin().await?;
     tenants::delete(&mut tx, id).await?;
     commit_audited(tx, &user, "delete", "tenant", id, &()).await?;
-    s.network.invalidate();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -244,3 +244,11 @@ pub async fn load_index(
     }
     Ok(b.build())
 }
+
+/// The counter the triggers of migration 0002 bump on every change of the model.
+pub async fn model_version(conn: &mut AnyConnection) -> Result<i64, StorageError> {
+    let (v,): (i64,) = sqlx::query_as("SELECT v FROM model_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(v)
+}

@@ -1,0 +1,16 @@
+-- A counter bumped by every change of sites, the supply network and consumers' links, whoever makes
+-- it (API, CLI import, another hub process), so the in-memory network index knows when to rebuild.
+CREATE TABLE model_version (v BIGINT NOT NULL);
+INSERT INTO model_version (v) VALUES (0);
+
+CREATE FUNCTION bump_model_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE model_version SET v = v + 1;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER sites_bump AFTER INSERT OR UPDATE OR DELETE ON sites FOR EACH STATEMENT EXECUTE FUNCTION bump_model_version();
+CREATE TRIGGER supply_points_bump AFTER INSERT OR UPDATE OR DELETE ON supply_points FOR EACH STATEMENT EXECUTE FUNCTION bump_model_version();
+CREATE TRIGGER supply_links_bump AFTER INSERT OR UPDATE OR DELETE ON supply_links FOR EACH STATEMENT EXECUTE FUNCTION bump_model_version();
+CREATE TRIGGER consumers_bump AFTER INSERT OR UPDATE OR DELETE ON consumers FOR EACH STATEMENT EXECUTE FUNCTION bump_model_version();
+CREATE TRIGGER consumer_sites_bump AFTER INSERT OR UPDATE OR DELETE ON consumer_sites FOR EACH STATEMENT EXECUTE FUNCTION bump_model_version();
