@@ -88,6 +88,7 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(crate::web::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(
             move |req: Request, next: axum::middleware::Next| {
                 let metrics = metrics.clone();
@@ -100,7 +101,7 @@ pub fn app(state: AppState) -> Router {
                         _ => "5xx",
                     };
                     metrics.inc("hub_http_responses_total", &[("class", class)]);
-                    res
+                    as_problem(res).await
                 }
             },
         ))
@@ -119,6 +120,38 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(import::router())
         .merge(events::router())
+}
+
+/// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as
+/// plain text: they are turned into problem details like every other error.
+async fn as_problem(res: Response) -> Response {
+    let status = res.status();
+    let is_text = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_text {
+        return res;
+    }
+    let text = axum::body::to_bytes(res.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).into_owned();
+    let problem = Problem {
+        kind: "https://hub.example/problems/bad-request".into(),
+        title: status.canonical_reason().unwrap_or("error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        errors: Vec::new(),
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body,
+    )
+        .into_response()
 }
 
 /// One invalid field of a request or an import row.
@@ -156,6 +189,8 @@ pub enum ApiError {
     Invalid(Vec<FieldError>),
     #[error("{0}")]
     BadRequest(String),
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal(String),
 }
@@ -195,6 +230,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -268,22 +304,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Deserializes JSON, turning a failure into the field it happened at.
+/// Deserializes JSON, turning a failure into the field it happened at. A body that is not JSON is
+/// malformed (400); JSON of the wrong shape is invalid (422). Parsing into a `Value` first keeps the
+/// two apart: serde_json reports some type errors (a number where a name is expected) as syntax errors.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::BadRequest(format!("malformed JSON: {inner}"))
+        let msg = e.into_inner().to_string();
+        let field = if path == "." {
+            missing_field(&msg).unwrap_or(path)
         } else {
-            let field = if path == "." {
-                missing_field(&inner.to_string()).unwrap_or(path)
-            } else {
-                path
-            };
-            ApiError::field(field, strip_position(&inner.to_string()))
-        }
+            path
+        };
+        ApiError::field(field, strip_position(&msg))
     })
 }
 
@@ -351,7 +386,7 @@ impl Page {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Paged<T> {
     pub items: Vec<T>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; null on the last page.
     pub next_after: Option<i64>,
 }
 
@@ -371,7 +406,9 @@ pub struct CurrentUser(pub User);
 impl CurrentUser {
     /// Fails with 403 unless the user's role allows `p`.
     pub fn require(&self, p: Permission) -> Result<&Self, ApiError> {
-        if self.0.role.allows(p) {
+        // Users, tenants and the audit log span all tenants: a tenant-bound admin may not manage them.
+        let cross_tenant = p == Permission::Administer && self.0.tenant_id.is_some();
+        if self.0.role.allows(p) && !cross_tenant {
             Ok(self)
         } else {
             Err(ApiError::Forbidden(p))
