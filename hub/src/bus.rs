@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use rules::{Event, EventKind};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
@@ -19,6 +20,9 @@ pub struct Bus {
     tx: broadcast::Sender<Arc<Event>>,
     next_id: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Cancelled at shutdown: ends every subscription, so that endless readers (the SSE stream)
+    /// let the HTTP server finish.
+    closed: CancellationToken,
 }
 
 impl Bus {
@@ -30,7 +34,13 @@ impl Bus {
             tx,
             next_id: Arc::new(AtomicU64::new(start)),
             metrics,
+            closed: CancellationToken::new(),
         }
+    }
+
+    /// Ends every subscription: `recv` answers `None` from now on.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Stamps the event with an id and the current time.
@@ -60,6 +70,7 @@ impl Bus {
             rx: self.tx.subscribe(),
             name,
             metrics: self.metrics.clone(),
+            closed: self.closed.clone(),
         }
     }
 }
@@ -68,13 +79,18 @@ pub struct Subscription {
     rx: broadcast::Receiver<Arc<Event>>,
     name: &'static str,
     metrics: Arc<Metrics>,
+    closed: CancellationToken,
 }
 
 impl Subscription {
-    /// The next event; `None` once the bus is gone. Lost events are counted, not fatal.
+    /// The next event; `None` once the bus is gone or closed. Lost events are counted, not fatal.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         loop {
-            match self.rx.recv().await {
+            let received = tokio::select! {
+                _ = self.closed.cancelled() => return None,
+                r = self.rx.recv() => r,
+            };
+            match received {
                 Ok(e) => return Some(e),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     self.metrics
@@ -119,6 +135,14 @@ mod tests {
             metrics.get("hub_bus_lagged_total", &[("subscriber", "slow")]),
             10
         );
+    }
+
+    #[tokio::test]
+    async fn close_ends_subscriptions() {
+        let bus = Bus::new(Arc::new(Metrics::default()));
+        let mut sub = bus.subscribe("sse");
+        bus.close();
+        assert!(sub.recv().await.is_none());
     }
 
     #[test]

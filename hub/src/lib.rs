@@ -107,9 +107,15 @@ pub async fn run(
     let addr = listener.local_addr().map_err(HubError::Serve)?;
     println!("http listening on http://{addr}");
     tracing::info!(%addr, "http listening");
+    let bus = state.bus.clone();
     let app = api::app(state);
+    let stopping = shutdown.clone();
     let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .with_graceful_shutdown(async move {
+            stopping.cancelled().await;
+            // Live streams never finish by themselves: end them so in-flight requests can.
+            bus.close();
+        })
         .await;
     shutdown.cancel();
     tasks.close();

@@ -54,6 +54,10 @@ impl NetworkBuilder {
             })
             .collect();
         child_pairs.sort_unstable();
+        let mut parents = vec![u32::MAX; site_ids.len()];
+        for (p, c) in &child_pairs {
+            parents[*c as usize] = *p;
+        }
         let children = Csr::new(site_ids.len(), &child_pairs);
 
         let mut consumer_ids: Vec<i64> = self.residents.iter().map(|r| r.1).collect();
@@ -79,6 +83,7 @@ impl NetworkBuilder {
             points,
             feeds,
             site_ids,
+            parents,
             children,
             consumer_ids,
             residents,
@@ -124,6 +129,8 @@ pub struct NetworkIndex {
     points: HashMap<i64, Vec<i64>>,
     feeds: HashMap<i64, Vec<i64>>,
     site_ids: Vec<i64>,
+    /// Parent index of each site, `u32::MAX` for a top-level site.
+    parents: Vec<u32>,
     children: Csr,
     consumer_ids: Vec<i64>,
     residents: Csr,
@@ -137,6 +144,9 @@ pub struct Affected {
     pub supply_points: Vec<i64>,
     /// Every site fed, with all their sub-sites, ascending.
     pub sites: Vec<i64>,
+    /// The top-level sites (residential complexes, standalone objects) that contain an affected site,
+    /// even if only one of their buildings is fed, ascending.
+    pub roots: Vec<i64>,
     /// Every consumer linked to one of those sites, once, ascending.
     pub consumers: Vec<i64>,
     /// Those of `consumers` on life support.
@@ -151,6 +161,17 @@ impl NetworkIndex {
     }
     pub fn consumers_count(&self) -> usize {
         self.consumer_ids.len()
+    }
+
+    /// The top-level ancestor of site index `i` (depth is bounded to survive a corrupt cycle).
+    fn root_of(&self, mut i: usize) -> usize {
+        for _ in 0..64 {
+            match self.parents.get(i) {
+                Some(p) if *p != u32::MAX => i = *p as usize,
+                _ => break,
+            }
+        }
+        i
     }
 
     /// All that a supply point feeds, directly or through other points; cycles in the graph are fine.
@@ -205,8 +226,21 @@ impl NetworkIndex {
             .filter(|(_, s)| **s)
             .map(|(i, _)| self.site_ids[i])
             .collect();
+        let mut root_seen = vec![false; self.site_ids.len()];
+        for (i, seen) in site_seen.iter().enumerate() {
+            if *seen {
+                root_seen[self.root_of(i)] = true;
+            }
+        }
+        let roots = root_seen
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s)
+            .map(|(i, _)| self.site_ids[i])
+            .collect();
         let mut out = Affected {
             sites,
+            roots,
             ..Affected::default()
         };
         for (i, seen) in consumer_seen.iter().enumerate() {
@@ -271,5 +305,11 @@ mod tests {
         assert_eq!(hp.consumers, vec![100, 101]);
         assert_eq!(idx.affected(999).consumers, Vec::<i64>::new());
         assert_eq!(idx.affected_sites(&[13]).consumers, vec![100, 101]);
+        assert_eq!(a.roots, vec![10, 20]);
+        assert_eq!(
+            idx.affected_sites(&[13]).roots,
+            vec![10],
+            "a partly fed complex is affected"
+        );
     }
 }

@@ -39,6 +39,12 @@ pub struct LoginResult {
     pub expires_at: chrono::DateTime<Utc>,
 }
 
+/// A valid hash of a random password, made once, to spend the same time on unknown user names.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::auth::hash_password(&new_token()).unwrap_or_default())
+}
+
 /// Logs in with a user name and password.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Login,
     responses((status = 200, body = LoginResult), (status = 401, body = super::Problem)))]
@@ -48,14 +54,18 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let mut conn = s.db.conn().await?;
     let found = users::credentials(&mut conn, &body.username).await?;
-    // Hash even for unknown users so that timing does not tell which names exist.
+    // Verify against a dummy hash for unknown users so that timing does not tell which names exist.
     let (user, hash) = match found {
-        Some((u, h)) => (Some(u), h),
-        None => (None, crate::auth::hash_password("x").unwrap_or_default()),
+        Some((u, h)) => (Some(u), Some(h)),
+        None => (None, None),
     };
-    let ok = tokio::task::spawn_blocking({
-        let (password, hash) = (body.password.clone(), hash);
-        move || verify_password(&password, &hash)
+    let password = body.password.clone();
+    let ok = tokio::task::spawn_blocking(move || match hash {
+        Some(h) => verify_password(&password, &h),
+        None => {
+            let _ = verify_password(&password, dummy_hash());
+            false
+        }
     })
     .await
     .unwrap_or(false);

@@ -361,6 +361,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 /// `?limit=&after=`: keyset pagination by id.
 #[derive(Debug, Clone, Copy, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct Page {
     /// Items per page, 1-1000 (100 by default).
     pub limit: Option<i64>,

@@ -101,7 +101,7 @@ pub struct AffectedReport {
     pub life_support: Vec<i64>,
     /// Ids of the affected social objects (hospitals, schools, kindergartens).
     pub social_objects: Vec<i64>,
-    /// Ids of the affected top-level sites (residential complexes and other roots).
+    /// Ids of the top-level sites (residential complexes, standalone objects) with anything affected.
     pub complexes: Vec<i64>,
     /// A page of the affected consumers, by ascending id.
     pub consumers: Paged<Consumer>,
@@ -124,7 +124,6 @@ pub async fn report(
         .collect();
     let mut conn = s.db.conn().await?;
     let items = consumers::get_many(&mut conn, &ids).await?;
-    let complexes = root_sites(&mut conn, &a.sites).await?;
     Ok(AffectedReport {
         sites_count: a.sites.len(),
         consumers_count: a.consumers.len(),
@@ -132,21 +131,8 @@ pub async fn report(
         supply_points: a.supply_points,
         life_support: a.life_support,
         social_objects: a.social_objects,
-        complexes,
+        complexes: a.roots,
     })
-}
-
-/// The top-level sites among `sites` (sites without a parent).
-async fn root_sites(conn: &mut sqlx::AnyConnection, sites: &[i64]) -> Result<Vec<i64>, ApiError> {
-    let roots: Vec<(i64,)> =
-        sqlx::query_as("SELECT id FROM sites WHERE parent_id IS NULL ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(roots
-        .into_iter()
-        .map(|(id,)| id)
-        .filter(|id| sites.binary_search(id).is_ok())
-        .collect())
 }
 
 /// Everything downstream of a supply point: sites, consumers, life-support residents, social objects.

@@ -142,6 +142,7 @@ pub fn affected_by(idx: &rules::network::NetworkIndex, o: &Outage) -> rules::net
             x.dedup();
         };
         merge(&mut a.sites, by_sites.sites);
+        merge(&mut a.roots, by_sites.roots);
         merge(&mut a.consumers, by_sites.consumers);
         merge(&mut a.life_support, by_sites.life_support);
         merge(&mut a.social_objects, by_sites.social_objects);

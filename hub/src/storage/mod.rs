@@ -146,12 +146,12 @@ fn sqlite_url(url: &str) -> Result<String, StorageError> {
         && let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
     let mode = if query.contains("mode=") {
         String::new()
     } else {

@@ -76,12 +76,13 @@ pub async fn upsert(
         // Re-parenting under one's own descendant would cut the subtree off the tree.
         if let Some(own_id) =
             super::id_by_external(conn, "sites", tenant_id, s.external_id.as_str()).await?
-            && ancestors(conn, parent_id).await?.contains(&own_id) {
-                return Err(StorageError::invalid(
-                    "parent",
-                    "would make the site its own ancestor",
-                ));
-            }
+            && ancestors(conn, parent_id).await?.contains(&own_id)
+        {
+            return Err(StorageError::invalid(
+                "parent",
+                "would make the site its own ancestor",
+            ));
+        }
     }
     let sql = format!(
         "INSERT INTO sites (tenant_id, external_id, parent_id, kind, name, address)

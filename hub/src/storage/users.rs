@@ -125,11 +125,10 @@ pub async fn credentials(
     username: &str,
 ) -> Result<Option<(User, String)>, StorageError> {
     let sql = format!("SELECT {COLUMNS}, password_hash FROM users WHERE username = $1");
-    let row: Option<CredentialsRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(username)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<CredentialsRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(username)
+        .fetch_optional(&mut *conn)
+        .await?;
     match row {
         Some((id, username, role, tenant_id, disabled, created_at, hash)) => {
             let user = Row {
