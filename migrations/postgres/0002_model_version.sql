@@ -3,9 +3,14 @@
 CREATE TABLE model_version (v BIGINT NOT NULL);
 INSERT INTO model_version (v) VALUES (0);
 
+-- Once per transaction: updating the one row for every statement of a 60,000-row import piles up row
+-- versions and makes the import quadratic. The transaction-local setting remembers the bump.
 CREATE FUNCTION bump_model_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE model_version SET v = v + 1;
+    IF current_setting('hub.model_bumped', true) IS DISTINCT FROM 'yes' THEN
+        UPDATE model_version SET v = v + 1;
+        PERFORM set_config('hub.model_bumped', 'yes', true);
+    END IF;
     RETURN NULL;
 END;
 $$;
