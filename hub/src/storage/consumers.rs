@@ -195,7 +195,7 @@ pub async fn upsert_many(
              account_number = excluded.account_number, language = excluded.language, \
              life_support = excluded.life_support, social_object = excluded.social_object \
              RETURNING id, tenant_id, external_id",
-            values_list(conn, chunk.len(), 13)
+            super::placeholders(conn, chunk.len(), 13)
         );
         let mut q = sqlx::query_as::<_, (i64, i64, String)>(sqlx::AssertSqlSafe(sql));
         for (c, (tenant_id, _)) in chunk.iter().zip(&resolved) {
@@ -236,7 +236,7 @@ pub async fn upsert_many(
 
         let sql = format!(
             "DELETE FROM consumer_sites WHERE consumer_id IN {}",
-            values_list(conn, 1, chunk_ids.len())
+            super::placeholders(conn, 1, chunk_ids.len())
         );
         let mut del = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in &chunk_ids {
@@ -252,7 +252,7 @@ pub async fn upsert_many(
         for part in links.chunks(BATCH * 4) {
             let sql = format!(
                 "INSERT INTO consumer_sites (consumer_id, site_id) VALUES {}",
-                values_list(conn, part.len(), 2)
+                super::placeholders(conn, part.len(), 2)
             );
             let mut ins = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (c, s) in part {
@@ -263,18 +263,6 @@ pub async fn upsert_many(
         ids.extend(chunk_ids);
     }
     Ok(ids)
-}
-
-/// `super::placeholders` for this connection, but anonymous `?` on SQLite: sqlx binds each `$N` by
-/// asking SQLite for the parameter's name, a linear scan there, so binding a statement of n `$N` values
-/// costs n² (it was most of a 100,000-consumer import). PostgreSQL rejects `?`, hence the two forms.
-fn values_list(conn: &AnyConnection, rows: usize, columns: usize) -> String {
-    if conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
-        let row = format!("({})", vec!["?"; columns].join(", "));
-        vec![row; rows].join(", ")
-    } else {
-        super::placeholders(rows, columns)
-    }
 }
 
 async fn sites_of(conn: &mut AnyConnection, id: i64) -> Result<Vec<i64>, StorageError> {

@@ -1,6 +1,7 @@
 //! Storage: what must not be lost is written here before it is acknowledged. One pool type (sqlx `Any`)
 //! over SQLite (embedded default) or PostgreSQL; one repository module per table. The SQL is written once
-//! for both back-ends: `$N` placeholders, `ON CONFLICT` upserts, times as UTC milliseconds, flags as 0/1.
+//! for both back-ends: `$N` placeholders (`?` only in big multi-row statements on SQLite, see
+//! `placeholders`), `ON CONFLICT` upserts, times as UTC milliseconds, flags as 0/1.
 
 pub mod audit;
 pub mod consumers;
@@ -219,9 +220,19 @@ pub async fn id_by_external(
     Ok(id.map(|(id,)| id))
 }
 
-/// `($1, $2), ($3, $4)` for a multi-row insert of `rows` rows of `columns` values: `$N` placeholders
-/// work on both back-ends (sqlx's `QueryBuilder` over `Any` writes `?`, which PostgreSQL rejects).
-pub fn placeholders(rows: usize, columns: usize) -> String {
+/// `($1, $2), ($3, $4)` for a multi-row statement of `rows` rows of `columns` values. PostgreSQL needs
+/// `$N` (sqlx's `QueryBuilder` over `Any` writes `?`, which it rejects); SQLite gets anonymous `?`,
+/// because sqlx binds each `$N` there by asking SQLite for the parameter's name, a linear scan, so a
+/// statement of n `$N` values costs n² (it was most of a 100,000-consumer import).
+pub fn placeholders(conn: &AnyConnection, rows: usize, columns: usize) -> String {
+    placeholders_for(
+        conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME,
+        rows,
+        columns,
+    )
+}
+
+fn placeholders_for(anonymous: bool, rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 6);
     for r in 0..rows {
         if r > 0 {
@@ -232,7 +243,11 @@ pub fn placeholders(rows: usize, columns: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&format!("${}", r * columns + c + 1));
+            if anonymous {
+                out.push('?');
+            } else {
+                out.push_str(&format!("${}", r * columns + c + 1));
+            }
         }
         out.push(')');
     }
@@ -267,7 +282,8 @@ mod tests {
 
     #[test]
     fn placeholders_number_every_value() {
-        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders_for(false, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(placeholders_for(true, 2, 2), "(?, ?), (?, ?)");
     }
 
     #[test]
