@@ -474,15 +474,8 @@ async fn insert_rows<T>(
     bind: impl Fn(AnyQuery, &T) -> AnyQuery,
 ) -> anyhow::Result<()> {
     let per_statement = 30_000 / columns;
-    // Anonymous `?` on SQLite: sqlx binds `$N` there by looking each name up, n² per statement.
-    let sqlite = conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
     for chunk in rows.chunks(per_statement) {
-        let values = if sqlite {
-            let row = format!("({})", vec!["?"; columns].join(", "));
-            vec![row; chunk.len()].join(", ")
-        } else {
-            placeholders(chunk.len(), columns)
-        };
+        let values = placeholders(conn, chunk.len(), columns);
         let sql = format!("INSERT INTO {table_columns} VALUES {values}");
         let mut q: AnyQuery = sqlx::query(sqlx::AssertSqlSafe(sql));
         for r in chunk {
