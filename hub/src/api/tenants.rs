@@ -24,10 +24,12 @@ async fn list(
 ) -> Result<Json<Paged<Tenant>>, ApiError> {
     let page = page.request()?;
     let mut conn = s.db.conn().await?;
-    let mut items = tenants::list(&mut conn, page).await?;
-    if let Some(own) = user.0.tenant_id {
-        items.retain(|t| t.id == own);
-    }
+    let items = match user.0.tenant_id {
+        // A tenant-bound user's list is their own tenant, on the first page.
+        Some(own) if page.after < own => vec![tenants::get(&mut conn, own).await?],
+        Some(_) => Vec::new(),
+        None => tenants::list(&mut conn, page).await?,
+    };
     Ok(Json(Paged::new(items, page, |t| t.id)))
 }
 
