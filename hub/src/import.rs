@@ -443,6 +443,12 @@ mod tests {
         n
     }
 
+    async fn import_sites(db: &Db, opts: &ImportOptions) -> ImportReport {
+        run(db, ImportKind::Sites, Format::Csv, "sites.csv", SITES, opts)
+            .await
+            .unwrap()
+    }
+
     const SITES: &str = "tenant,external_id,parent,kind,name,address\n\
         t1,rc1,,residential_complex,Complex 1,Lenina 1\n\
         t1,b1,rc1,building,Building 1,Lenina 1 b1\n\
@@ -455,16 +461,7 @@ mod tests {
             actor: "test".into(),
             ..Default::default()
         };
-        let r = run(
-            &db,
-            ImportKind::Sites,
-            Format::Csv,
-            "sites.csv",
-            SITES,
-            &opts,
-        )
-        .await
-        .unwrap();
+        let r = import_sites(&db, &opts).await;
         assert_eq!((r.rows, r.imported, r.errors.len()), (3, 3, 0));
         let bad = "tenant,external_id,kind,name,phones,life_support,sites\n\
             t1,c1,resident,Ivanova,+74951234567,no,a1\n\
@@ -515,16 +512,7 @@ mod tests {
             actor: "test".into(),
             ..Default::default()
         };
-        run(
-            &db,
-            ImportKind::Sites,
-            Format::Csv,
-            "sites.csv",
-            SITES,
-            &opts,
-        )
-        .await
-        .unwrap();
+        import_sites(&db, &opts).await;
         let json = r#"[
   {"tenant": "t1", "external_id": "bh1", "kind": "boiler_house", "name": "BH", "feeds_points": []},
   {"tenant": "t1", "external_id": "hp1", "kind": "heat_point", "name": "HP", "feeds_sites": ["rc1"]},
@@ -588,16 +576,7 @@ mod tests {
             tenant_scope: Some(t2.id),
             ..Default::default()
         };
-        let r = run(
-            &db,
-            ImportKind::Sites,
-            Format::Csv,
-            "sites.csv",
-            SITES,
-            &opts,
-        )
-        .await
-        .unwrap();
+        let r = import_sites(&db, &opts).await;
         assert_eq!(r.imported, 0);
         assert_eq!(
             r.errors[0].to_string(),

@@ -199,6 +199,19 @@ mod tests {
         }
     }
 
+    async fn call(
+        app: &axum::Router,
+        method: &str,
+        uri: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> axum::response::Response {
+        app.clone()
+            .oneshot(req(method, uri, token, body))
+            .await
+            .unwrap()
+    }
+
     async fn json(res: axum::response::Response) -> serde_json::Value {
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
             .await
@@ -219,24 +232,18 @@ mod tests {
             .unwrap();
         drop(conn);
         let sensor = serde_json::json!({"tenant": "t", "external_id": "hp1.p", "kind": "pressure", "unit": "bar"});
-        let res = app
-            .clone()
-            .oneshot(req("POST", "/api/v1/sensors", &token, Some(sensor)))
-            .await
-            .unwrap();
+        let res = call(&app, "POST", "/api/v1/sensors", &token, Some(sensor)).await;
         assert_eq!(res.status(), StatusCode::OK);
 
         let mut sub = state.bus.subscribe("test");
-        let res = app
-            .clone()
-            .oneshot(req(
-                "POST",
-                "/api/v1/sensors/hp1.p/readings",
-                &token,
-                Some(serde_json::json!({"value": 4.5})),
-            ))
-            .await
-            .unwrap();
+        let res = call(
+            &app,
+            "POST",
+            "/api/v1/sensors/hp1.p/readings",
+            &token,
+            Some(serde_json::json!({"value": 4.5})),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::NO_CONTENT);
         let event = sub.recv().await.unwrap();
         assert_eq!(
@@ -247,46 +254,31 @@ mod tests {
             }
         );
 
-        let res = app
-            .clone()
-            .oneshot(req("GET", "/api/v1/sensors/hp1.p", &token, None))
-            .await
-            .unwrap();
+        let res = call(&app, "GET", "/api/v1/sensors/hp1.p", &token, None).await;
         assert_eq!(json(res).await["last_value"], 4.5);
-        let res = app
-            .clone()
-            .oneshot(req("GET", "/api/v1/sensors/hp1.p/readings", &token, None))
-            .await
-            .unwrap();
+        let res = call(&app, "GET", "/api/v1/sensors/hp1.p/readings", &token, None).await;
         assert_eq!(json(res).await.as_array().unwrap().len(), 1);
 
-        let res = app
-            .clone()
-            .oneshot(req(
-                "POST",
-                "/api/v1/sensors/hp1.p/readings",
-                &token,
-                Some(serde_json::json!({"value": "high"})),
-            ))
-            .await
-            .unwrap();
+        let res = call(
+            &app,
+            "POST",
+            "/api/v1/sensors/hp1.p/readings",
+            &token,
+            Some(serde_json::json!({"value": "high"})),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(json(res).await["errors"][0]["field"], "value");
-        let res = app
-            .clone()
-            .oneshot(req(
-                "POST",
-                "/api/v1/sensors/nope/readings",
-                &token,
-                Some(serde_json::json!({"value": 1})),
-            ))
-            .await
-            .unwrap();
+        let res = call(
+            &app,
+            "POST",
+            "/api/v1/sensors/nope/readings",
+            &token,
+            Some(serde_json::json!({"value": 1})),
+        )
+        .await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
-        let res = app
-            .oneshot(req("GET", "/api/v1/sensors", "wrong", None))
-            .await
-            .unwrap();
+        let res = call(&app, "GET", "/api/v1/sensors", "wrong", None).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 }
