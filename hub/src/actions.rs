@@ -10,14 +10,16 @@ use crate::storage::refs::Refs;
 use crate::storage::{StorageError, audit, events};
 
 /// Records (creates, updates or closes) an outage from any source and publishes the matching event.
+/// With `tenant_scope`, an outage of another tenant is refused (a tenant-bound user asks).
 pub async fn record_outage(
     state: &AppState,
     actor: &str,
     source: &str,
+    tenant_scope: Option<i64>,
     new: &NewOutage,
 ) -> Result<(Outage, Change), StorageError> {
     let mut tx = state.db.pool.begin().await?;
-    let (outage, change) = outages::upsert(&mut tx, &mut Refs::new(), new).await?;
+    let (outage, change) = outages::upsert(&mut tx, &mut Refs::scoped(tenant_scope), new).await?;
     finish_outage(state, tx, actor, source, outage, change).await
 }
 
@@ -101,4 +103,64 @@ pub async fn record_reading(
     event.at = at;
     state.bus.publish(event);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outage_is_journaled_published_and_kept_to_its_tenant() {
+        let (_app, state, _token, _d) = crate::api::test_app(crate::names::Role::Dispatcher).await;
+        let mut conn = state.db.conn().await.unwrap();
+        let mut ids = Vec::new();
+        for t in ["t1", "t2"] {
+            let new = serde_json::from_value(
+                serde_json::json!({"external_id": t, "name": t, "kind": "supplier"}),
+            )
+            .unwrap();
+            ids.push(
+                crate::storage::tenants::upsert(&mut conn, &new)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let site = serde_json::from_value(serde_json::json!({"tenant": "t1", "external_id": "rc", "kind": "residential_complex", "name": "RC"})).unwrap();
+        crate::storage::sites::upsert(&mut conn, &mut Refs::new(), &site)
+            .await
+            .unwrap();
+        drop(conn);
+        let new: NewOutage = serde_json::from_value(serde_json::json!({
+            "tenant": "t1", "external_id": "d-1", "kind": "emergency", "utility": "heat",
+            "sites": ["rc"], "starts_at": "2026-11-23T06:00:00Z"
+        }))
+        .unwrap();
+
+        let err = record_outage(&state, "t2-dispatcher", "api", Some(ids[1]), &new)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "tenant: `t1` is not your tenant");
+
+        let mut sub = state.bus.subscribe("test");
+        let (outage, change) = record_outage(&state, "dispatcher", "api", Some(ids[0]), &new)
+            .await
+            .unwrap();
+        assert_eq!(change, Change::Opened);
+        let event = sub.recv().await.unwrap();
+        assert!(
+            matches!(&event.kind, EventKind::OutageOpened(o) if o.id == outage.id && o.tenant == "t1")
+        );
+        let mut conn = state.db.conn().await.unwrap();
+        let journal = events::recent(&mut conn, 1).await.unwrap();
+        assert_eq!(journal[0].0, "outage_opened");
+        let (_, again) = record_outage(&state, "dispatcher", "api", None, &new)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            Change::Unchanged,
+            "the same record twice is idempotent"
+        );
+    }
 }

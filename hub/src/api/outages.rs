@@ -64,12 +64,8 @@ async fn upsert(
     ApiJson(new): ApiJson<NewOutage>,
 ) -> Result<Json<Outage>, ApiError> {
     user.require(Permission::ManageOutages)?;
-    if user.0.tenant_id.is_some() {
-        let mut conn = s.db.conn().await?;
-        let t = crate::storage::tenants::by_external(&mut conn, new.tenant.as_str()).await?;
-        user.check_tenant(t.id, "tenant")?;
-    }
-    let (outage, _) = actions::record_outage(&s, user.name(), "api", &new).await?;
+    let (outage, _) =
+        actions::record_outage(&s, user.name(), "api", user.0.tenant_id, &new).await?;
     Ok(Json(outage))
 }
 
