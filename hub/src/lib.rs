@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod names;
 pub mod network;
 pub mod storage;
+pub mod telephony;
 pub mod testing;
 pub mod types;
 pub mod web;
