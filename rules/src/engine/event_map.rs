@@ -1,0 +1,136 @@
+//! The `ev` map a rule's `on_event(ev)` receives: built once per event and shared by every rule that
+//! matches it. Times are RFC 3339 strings (`at`) plus unix seconds (`ts`).
+
+use chrono::{DateTime, Utc};
+use rhai::{Dynamic, Map};
+
+use crate::action::SiteRef;
+use crate::event::{AlarmInfo, Event, EventKind, OutageInfo};
+use crate::world::World;
+
+fn put(m: &mut Map, k: &str, v: impl Into<Dynamic>) {
+    m.insert(k.into(), v.into());
+}
+
+fn opt_str(v: &Option<String>) -> Dynamic {
+    v.as_ref()
+        .map(|s| Dynamic::from(s.clone()))
+        .unwrap_or(Dynamic::UNIT)
+}
+
+fn opt_time(v: &Option<DateTime<Utc>>) -> Dynamic {
+    v.map(|t| Dynamic::from(t.to_rfc3339()))
+        .unwrap_or(Dynamic::UNIT)
+}
+
+pub(crate) fn site_map(s: &SiteRef) -> Dynamic {
+    let mut m = Map::new();
+    put(&mut m, "tenant", s.tenant.clone());
+    put(&mut m, "site", s.site.clone());
+    Dynamic::from_map(m)
+}
+
+/// `type`, `at`, `ts` and `source`: common to every event map.
+pub(crate) fn envelope(kind: &str, at: DateTime<Utc>, source: &str) -> Map {
+    let mut m = Map::new();
+    put(&mut m, "type", kind.to_string());
+    put(&mut m, "at", at.to_rfc3339());
+    put(&mut m, "ts", at.timestamp());
+    put(&mut m, "source", source.to_string());
+    m
+}
+
+/// Sensor fields plus what the world knows of the sensor (kind, unit, tenant, site, supply point).
+fn sensor_fields(m: &mut Map, sensor: &str, world: &dyn World) {
+    put(m, "sensor", sensor.to_string());
+    let meta = world.sensor(sensor);
+    let (kind, unit, tenant, site, point) = match &meta {
+        Some(s) => (
+            Dynamic::from(s.kind.clone()),
+            Dynamic::from(s.unit.clone()),
+            Dynamic::from(s.tenant.clone()),
+            s.site.as_ref().map(site_map).unwrap_or(Dynamic::UNIT),
+            opt_str(&s.supply_point),
+        ),
+        None => (
+            Dynamic::UNIT,
+            Dynamic::UNIT,
+            Dynamic::UNIT,
+            Dynamic::UNIT,
+            Dynamic::UNIT,
+        ),
+    };
+    put(m, "kind", kind);
+    put(m, "unit", unit);
+    put(m, "tenant", tenant);
+    put(m, "site", site);
+    put(m, "supply_point", point);
+}
+
+fn outage_fields(m: &mut Map, o: &OutageInfo) {
+    put(m, "id", o.id);
+    put(m, "tenant", o.tenant.clone());
+    put(m, "external_id", opt_str(&o.external_id));
+    put(m, "kind", o.kind.clone());
+    put(m, "utility", o.utility.clone());
+    put(m, "supply_point", opt_str(&o.supply_point));
+    put(m, "status", o.status.clone());
+    put(m, "reason", o.reason.clone());
+    put(m, "starts_at", o.starts_at.to_rfc3339());
+    put(m, "expected_end", opt_time(&o.expected_end));
+    put(m, "actual_end", opt_time(&o.actual_end));
+}
+
+fn alarm_fields(m: &mut Map, a: &AlarmInfo) {
+    put(m, "id", a.id);
+    put(m, "key", a.key.clone());
+    put(m, "severity", a.severity.clone());
+    put(m, "message", a.message.clone());
+    put(m, "count", a.count);
+    put(m, "by", opt_str(&a.by));
+}
+
+pub(crate) fn event_map(event: &Event, world: &dyn World) -> Dynamic {
+    let mut m = envelope(event.kind.name(), event.at, &event.source);
+    put(&mut m, "event_id", event.id as i64);
+    match &event.kind {
+        EventKind::Reading { sensor, value } => {
+            sensor_fields(&mut m, sensor, world);
+            put(&mut m, "value", *value);
+        }
+        EventKind::SensorOffline { sensor } => {
+            sensor_fields(&mut m, sensor, world);
+            put(&mut m, "online", false);
+        }
+        EventKind::SensorOnline { sensor } => {
+            sensor_fields(&mut m, sensor, world);
+            put(&mut m, "online", true);
+        }
+        EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
+            outage_fields(&mut m, o)
+        }
+        EventKind::AlarmRaised(a)
+        | EventKind::AlarmAcknowledged(a)
+        | EventKind::AlarmCleared(a) => alarm_fields(&mut m, a),
+        EventKind::Tick { schedule } => put(&mut m, "schedule", schedule.clone()),
+    }
+    Dynamic::from_map(m)
+}
+
+/// One line describing an event, for traces.
+pub(crate) fn summary(event: &Event) -> String {
+    match &event.kind {
+        EventKind::Reading { sensor, value } => format!("reading {sensor}={value}"),
+        EventKind::SensorOffline { sensor } => format!("sensor_offline {sensor}"),
+        EventKind::SensorOnline { sensor } => format!("sensor_online {sensor}"),
+        EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
+            format!("{} {} ({})", event.kind.name(), o.id, o.tenant)
+        }
+        EventKind::AlarmRaised(a)
+        | EventKind::AlarmAcknowledged(a)
+        | EventKind::AlarmCleared(a) => {
+            format!("{} {}", event.kind.name(), a.key)
+        }
+        EventKind::Tick { schedule } => format!("tick {schedule}"),
+    }
+}
