@@ -6,6 +6,9 @@
 //! long-lived task: `run(self, ctx)` until `ctx.shutdown` is cancelled. A connector never dies of bad
 //! input: junk is counted in its [`ConnectorStats`] and logged at a limited rate.
 
+pub mod modbus;
+pub mod mqtt;
+pub mod secret;
 pub mod stats;
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use secret::Secret;
 pub use stats::{ConnectorStats, RateLimitedLog, StatsSnapshot};
 
 /// Capacity of the channel from all connectors to the hub's ingest task. A full channel makes
@@ -81,6 +85,13 @@ pub enum ConnectorError {
     Config(String),
     #[error("the hub stopped accepting input")]
     SinkClosed,
+    /// A write asked for something the connector cannot do: an unknown sensor, a read-only
+    /// register, a value that does not fit.
+    #[error("{0}")]
+    InvalidWrite(String),
+    /// The device did not carry out a write: offline, timed out, or refused it.
+    #[error("{0}")]
+    WriteFailed(String),
 }
 
 /// One kind of component that feeds the hub.
@@ -89,4 +100,27 @@ pub trait Connector {
         self,
         ctx: ConnectorContext,
     ) -> impl std::future::Future<Output = Result<(), ConnectorError>> + Send;
+}
+
+/// `[connectors.NAME]`: one configured source, tagged by `type`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConnectorConfig {
+    /// An MQTT subscription (`docs/connectors.md`).
+    Mqtt(mqtt::MqttConfig),
+}
+
+impl ConnectorConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectorConfig::Mqtt(_) => "mqtt",
+        }
+    }
+
+    /// Checks what can be checked without connecting; errors name the key.
+    pub fn validate(&self) -> Result<(), ConnectorError> {
+        match self {
+            ConnectorConfig::Mqtt(c) => c.validate(),
+        }
+    }
 }

@@ -2,10 +2,11 @@
 //! documented here with `///` and in `docs/configuration.md`; secrets and URLs can be overridden by
 //! `HUB_...` environment variables.
 
-use std::fmt;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use connectors::ConnectorConfig;
 use serde::{Deserialize, Serialize};
 
 /// Errors loading the configuration; each names the file and, where known, the line.
@@ -27,6 +28,13 @@ pub enum ConfigError {
     Env { var: &'static str, reason: String },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("{path}:{line}: connectors.{id}: {reason}")]
+    Connector {
+        path: PathBuf,
+        line: usize,
+        id: String,
+        reason: String,
+    },
 }
 
 /// The whole configuration of one hub process.
@@ -39,6 +47,57 @@ pub struct Config {
     /// The HTTP API and web UI.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The embedded MQTT broker sensors publish to.
+    #[serde(default)]
+    pub mqtt_broker: MqttBrokerConfig,
+    /// Sources of readings and outage records by name: `[connectors.NAME]` with a `type` (`mqtt`,
+    /// `modbus`). With none, one `mqtt` connector on the embedded broker takes `sensors/{sensor}` and
+    /// `outages/#` (`docs/connectors.md`).
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorConfig>,
+}
+
+/// `[mqtt_broker]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttBrokerConfig {
+    /// Run the embedded broker (rumqttd). Turn off when sensors publish to an external broker.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address and port of the embedded broker; port 0 picks a free one (printed at start).
+    /// Override: `HUB_MQTT_LISTEN`.
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Largest message a client may publish; the broker disconnects a client that sends more.
+    #[serde(default = "default_mqtt_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Most clients connected at once.
+    #[serde(default = "default_mqtt_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_mqtt_max_payload_bytes() -> usize {
+    256 * 1024
+}
+fn default_mqtt_max_connections() -> usize {
+    10_000
+}
+
+impl Default for MqttBrokerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_mqtt_listen(),
+            max_payload_bytes: default_mqtt_max_payload_bytes(),
+            max_connections: default_mqtt_max_connections(),
+        }
+    }
 }
 
 /// `[database]`
@@ -75,7 +134,7 @@ pub struct HttpConfig {
 }
 
 fn default_database_url() -> Secret {
-    Secret("sqlite://data/hub.db".into())
+    Secret::new("sqlite://data/hub.db")
 }
 fn default_max_connections() -> u32 {
     8
@@ -110,36 +169,7 @@ impl Default for HttpConfig {
     }
 }
 
-/// A value that must never reach a log: `Debug` and `Display` print `***`, with the scheme kept for URLs
-/// so that operators can still tell `postgres://***` from `sqlite://***`.
-#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The real value, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.split_once("://") {
-            Some((scheme, _)) => write!(f, "{scheme}://***"),
-            None => f.write_str("***"),
-        }
-    }
-}
+pub use connectors::Secret;
 
 impl Config {
     /// Reads `path` if given, else the embedded defaults, then applies `HUB_...` overrides.
@@ -150,13 +180,35 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                Self::parse(path, &text)?
+                let config = Self::parse(path, &text)?;
+                config.validate_connectors(path, &text)?;
+                config
             }
             None => Self::default(),
         };
         config.apply_env(|var| std::env::var(var).ok())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Each connector's own checks, reported at the line of its `[connectors.NAME]` table.
+    fn validate_connectors(&self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        for (id, c) in &self.connectors {
+            if let Err(e) = c.validate() {
+                let header = format!("[connectors.{id}");
+                let line = text
+                    .lines()
+                    .position(|l| l.trim_start().starts_with(&header))
+                    .map_or(1, |i| i + 1);
+                return Err(ConfigError::Connector {
+                    path: path.to_owned(),
+                    line,
+                    id: id.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Parses TOML text; errors carry the file, line and column.
@@ -174,7 +226,13 @@ impl Config {
 
     fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(url) = get("HUB_DATABASE_URL") {
-            self.database.url = Secret(url);
+            self.database.url = Secret::new(url);
+        }
+        if let Some(listen) = get("HUB_MQTT_LISTEN") {
+            self.mqtt_broker.listen = listen.parse().map_err(|e| ConfigError::Env {
+                var: "HUB_MQTT_LISTEN",
+                reason: format!("{e}: expected ADDRESS:PORT"),
+            })?;
         }
         if let Some(listen) = get("HUB_HTTP_LISTEN") {
             self.http.listen = listen.parse().map_err(|e| ConfigError::Env {

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod demo;
 pub mod import;
+pub mod ingest;
 pub mod metrics;
 pub mod names;
 pub mod network;
@@ -83,16 +84,10 @@ pub async fn run(
         );
     }
 
-    let metrics = Arc::new(metrics::Metrics::default());
-    let state = AppState {
-        bus: bus::Bus::new(metrics.clone()),
-        db: db.clone(),
-        metrics,
-        config: Arc::new(config.clone()),
-        network: network::NetworkCache::default(),
-    };
-
+    let mut state = AppState::new(db.clone(), config.clone());
     let tasks = tokio_util::task::TaskTracker::new();
+    start_connectors(&mut state, &config, &tasks, &shutdown).await?;
+
     tasks.spawn(trim_readings(
         db.clone(),
         config.database.readings_retention_days,
@@ -124,6 +119,72 @@ pub async fn run(
     db.pool.close().await;
     tracing::info!("stopped");
     result.map_err(HubError::Serve)
+}
+
+/// Starts the embedded MQTT broker (unless disabled), the ingest task and every configured connector.
+async fn start_connectors(
+    state: &mut AppState,
+    config: &Config,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), HubError> {
+    let broker = &config.mqtt_broker;
+    let mqtt_broker = if broker.enabled {
+        let (listen, max_payload, max_connections) = (
+            broker.listen,
+            broker.max_payload_bytes,
+            broker.max_connections,
+        );
+        let addr = tokio::task::spawn_blocking(move || {
+            connectors::mqtt::broker::start(listen, max_payload, max_connections)
+        })
+        .await
+        .map_err(|e| HubError::Setup(format!("mqtt broker: {e}")))?
+        .map_err(|e| HubError::Setup(e.to_string()))?;
+        println!("mqtt listening on {addr}");
+        tracing::info!(%addr, "embedded mqtt broker listening");
+        Some(addr)
+    } else {
+        None
+    };
+    let mut configured = config.connectors.clone();
+    if configured.is_empty() && mqtt_broker.is_some() {
+        configured.insert(
+            "mqtt".into(),
+            connectors::ConnectorConfig::Mqtt(connectors::mqtt::MqttConfig::default()),
+        );
+    }
+    let (sink, rx) = tokio::sync::mpsc::channel(connectors::INGEST_CAPACITY);
+    let mut stats = Vec::new();
+    for (id, c) in configured {
+        let ctx = connectors::ConnectorContext {
+            id: id.clone(),
+            sink: sink.clone(),
+            stats: Arc::new(connectors::ConnectorStats::new(&id, c.kind())),
+            shutdown: shutdown.clone(),
+        };
+        stats.push(ctx.stats.clone());
+        let task = match c {
+            connectors::ConnectorConfig::Mqtt(m) => {
+                let connector = connectors::mqtt::MqttConnector::new(m, mqtt_broker)
+                    .map_err(|e| HubError::Setup(format!("connectors.{id}: {e}")))?;
+                connectors::Connector::run(connector, ctx)
+            }
+        };
+        tasks.spawn(async move {
+            if let Err(e) = task.await {
+                tracing::error!(connector = %id, error = %e, "connector stopped");
+            }
+        });
+    }
+    state.connectors = Arc::new(ingest::Connectors {
+        stats,
+        mqtt_broker,
+        queue: Some(sink),
+    });
+    let ingestor = ingest::Ingestor::new(state.clone()).await?;
+    tasks.spawn(ingestor.run(rx, shutdown.clone()));
+    Ok(())
 }
 
 /// With no user at all, creates `admin` with a random password, returned to be printed once.

@@ -27,6 +27,7 @@ const HUB_ENV: &[&str] = &[
     "HUB_LOG",
     "HUB_DATABASE_URL",
     "HUB_HTTP_LISTEN",
+    "HUB_MQTT_LISTEN",
 ];
 
 /// A temporary directory with a `hub.toml` that points at a fresh database. Outlives the hub
@@ -42,10 +43,18 @@ impl TestEnv {
         let url = hub::testing::fresh_database_url(dir.path()).await;
         let config = dir.path().join("hub.toml");
         let toml = format!(
-            "[database]\nurl = \"{url}\"\nmax_connections = 4\n\n[http]\nlisten = \"127.0.0.1:0\"\n"
+            "[database]\nurl = \"{url}\"\nmax_connections = 4\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[mqtt_broker]\nlisten = \"127.0.0.1:0\"\n"
         );
         std::fs::write(&config, toml).expect("write hub.toml");
         TestEnv { dir, config }
+    }
+
+    /// Appends TOML (connectors, other sections) to the test's `hub.toml`.
+    pub fn add_config(&self, toml: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("read hub.toml");
+        text.push('\n');
+        text.push_str(toml);
+        std::fs::write(&self.config, text).expect("write hub.toml");
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -281,6 +290,15 @@ impl Hub {
     /// Logs in a user made by `TestEnv::add_user(s)`.
     pub async fn login_as(&self, username: &str) -> Api {
         self.login(username, &password_of(username)).await
+    }
+
+    /// `host:port` of the embedded MQTT broker, from the line the hub printed at start.
+    pub fn mqtt_addr(&self) -> String {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix("mqtt listening on "))
+            .map(|a| a.trim().to_owned())
+            .unwrap_or_else(|| panic!("no `mqtt listening on` line in {:?}", self.banner))
     }
 
     pub fn pid(&self) -> u32 {

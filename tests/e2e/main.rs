@@ -14,6 +14,7 @@ mod demo;
 mod health;
 mod import;
 mod model;
+mod mqtt;
 mod outages;
 mod roles;
 mod shutdown;

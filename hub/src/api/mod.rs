@@ -3,6 +3,7 @@
 //! every endpoint but the health checks needs a session cookie or a bearer token.
 
 pub mod auth;
+pub mod connectors;
 pub mod consumers;
 pub mod events;
 pub mod health;
@@ -42,6 +43,23 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub network: NetworkCache,
+    /// The running connectors (empty in tests that build the API alone).
+    pub connectors: Arc<crate::ingest::Connectors>,
+}
+
+impl AppState {
+    /// The shared state over an open database; connectors and other runtimes are attached by `hub::run`.
+    pub fn new(db: Db, config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        AppState {
+            bus: Bus::new(metrics.clone()),
+            db,
+            metrics,
+            config: Arc::new(config),
+            network: NetworkCache::default(),
+            connectors: Arc::default(),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -120,6 +138,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(import::router())
         .merge(events::router())
+        .merge(connectors::router())
 }
 
 /// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as
@@ -498,14 +517,7 @@ pub(crate) async fn test_app(
     role: crate::names::Role,
 ) -> (Router, AppState, String, tempfile::TempDir) {
     let (db, dir) = crate::storage::test_db::fresh().await;
-    let metrics = Arc::new(Metrics::default());
-    let state = AppState {
-        bus: Bus::new(metrics.clone()),
-        db: db.clone(),
-        metrics,
-        config: Arc::new(Config::default()),
-        network: NetworkCache::default(),
-    };
+    let state = AppState::new(db.clone(), Config::default());
     let mut conn = db.conn().await.unwrap();
     let user = crate::storage::users::create(&mut conn, "u", "x", role, None)
         .await

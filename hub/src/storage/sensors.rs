@@ -24,6 +24,8 @@ pub struct Sensor {
     pub offline_after_s: i64,
     pub last_value: Option<f64>,
     pub last_at: Option<DateTime<Utc>>,
+    /// Reporting now: false once silent longer than `offline_after_s` or its device is down.
+    pub online: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -66,6 +68,7 @@ struct Row {
     offline_after_s: i64,
     last_value: Option<f64>,
     last_at: Option<i64>,
+    online: i64,
 }
 
 impl TryFrom<Row> for Sensor {
@@ -82,11 +85,12 @@ impl TryFrom<Row> for Sensor {
             offline_after_s: r.offline_after_s,
             last_value: r.last_value,
             last_at: r.last_at.map(from_ms),
+            online: r.online != 0,
         })
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, external_id, kind, unit, site_id, supply_point_id, offline_after_s, last_value, last_at";
+const COLUMNS: &str = "id, tenant_id, external_id, kind, unit, site_id, supply_point_id, offline_after_s, last_value, last_at, online";
 
 pub async fn upsert(
     conn: &mut AnyConnection,
@@ -230,6 +234,71 @@ pub async fn record_reading(
         .execute(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// One reading to store: sensor row id, time in UTC milliseconds, value.
+pub type ReadingRow = (i64, i64, f64);
+
+/// Rows of one multi-row INSERT: SQLite allows 32,766 bound values per statement.
+const READINGS_PER_STATEMENT: usize = 4000;
+
+/// Stores a batch of readings (history, and each sensor's last value) in the caller's transaction.
+/// Values must be finite (the connectors check).
+pub async fn record_readings(
+    conn: &mut AnyConnection,
+    rows: &[ReadingRow],
+) -> Result<(), StorageError> {
+    for chunk in rows.chunks(READINGS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO readings (sensor_id, at, value) VALUES {}",
+            super::placeholders(conn, chunk.len(), 3)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (sensor, at, value) in chunk {
+            q = q.bind(*sensor).bind(*at).bind(*value);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    // The newest reading of each sensor in the batch becomes its last value.
+    let mut last: std::collections::HashMap<i64, (i64, f64)> = std::collections::HashMap::new();
+    for (sensor, at, value) in rows {
+        let e = last.entry(*sensor).or_insert((*at, *value));
+        if *at >= e.0 {
+            *e = (*at, *value);
+        }
+    }
+    for (sensor, (at, value)) in last {
+        sqlx::query("UPDATE sensors SET last_value = $1, last_at = $2 WHERE id = $3 AND (last_at IS NULL OR last_at <= $2)")
+            .bind(value)
+            .bind(at)
+            .bind(sensor)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Marks a sensor reporting or silent.
+pub async fn set_online(
+    conn: &mut AnyConnection,
+    sensor_id: i64,
+    online: bool,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE sensors SET online = $1 WHERE id = $2")
+        .bind(i64::from(online))
+        .bind(sensor_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// What the ingest path needs of every sensor, keyed by external id.
+pub async fn all_brief(conn: &mut AnyConnection) -> Result<Vec<Sensor>, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM sensors ORDER BY id");
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter().map(TryInto::try_into).collect()
 }
 
 /// Readings of a sensor in `[from, to)`, oldest first, at most `limit`.
