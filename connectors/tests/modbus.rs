@@ -1,6 +1,9 @@
 //! The Modbus connector against real Modbus TCP peers on 127.0.0.1: tokio-modbus servers started
 //! in the test (`connectors::modbus::testing`) and pymodbus's server in a child process.
 
+// Test helpers outside `#[test]` functions panic on failure too.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
