@@ -132,6 +132,39 @@ const SOCIAL_OBJECTS: [SocialObject; 8] = [
     },
 ];
 
+/// The demo's supply points with sensors and the suffixes of their sensors (`hp-1` -> `p_supply`...),
+/// heat points first: what `hub simulate` plays.
+pub fn sensor_points() -> Vec<(String, Vec<&'static str>)> {
+    let heat_points = (1..=COMPLEXES.len()).map(|n| {
+        (
+            format!("hp-{n}"),
+            HEAT_POINT_SENSORS.iter().map(|s| s.0).collect(),
+        )
+    });
+    let boiler_houses = (1..=BOILER_HOUSES.len()).map(|n| {
+        (
+            format!("bh-{n}"),
+            BOILER_HOUSE_SENSORS.iter().map(|s| s.0).collect(),
+        )
+    });
+    heat_points.chain(boiler_houses).collect()
+}
+
+/// The heat points a demo boiler house feeds (`bh-N` feeds `hp-(4N-3)`..`hp-4N`).
+pub fn fed_by(boiler_house: &str) -> Vec<String> {
+    let Some(n) = boiler_house
+        .strip_prefix("bh-")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n >= 1)
+    else {
+        return Vec::new();
+    };
+    let first = (n - 1) * HEAT_POINTS_PER_BOILER_HOUSE + 1;
+    (first..first + HEAT_POINTS_PER_BOILER_HOUSE)
+        .map(|i| format!("hp-{i}"))
+        .collect()
+}
+
 /// A sensor of a supply point: suffix of its external id, kind, unit.
 type SensorSpec = (&'static str, SensorKind, &'static str);
 

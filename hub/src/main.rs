@@ -22,7 +22,12 @@ struct Cli {
     #[arg(long, short, global = true, env = "HUB_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter, e.g. `info` or `hub=debug,sqlx=warn`.
-    #[arg(long, global = true, default_value = "info", env = "HUB_LOG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,rumqttd=warn",
+        env = "HUB_LOG"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -49,6 +54,32 @@ enum Command {
         /// Import the valid rows even if some are bad.
         #[arg(long)]
         skip_invalid: bool,
+    },
+    /// Play the demo's sensors: publish realistic readings over MQTT and serve them as Modbus
+    /// registers, with scenarios (a pressure drop, a silent sensor, a boiler house trip).
+    Simulate {
+        /// The MQTT broker to publish to (the hub's embedded broker by default).
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt: String,
+        /// Do not publish over MQTT.
+        #[arg(long)]
+        no_mqtt: bool,
+        /// Where to serve the sensors as Modbus TCP registers.
+        #[arg(long, default_value = "127.0.0.1:5020")]
+        modbus: std::net::SocketAddr,
+        /// Do not serve Modbus.
+        #[arg(long)]
+        no_modbus: bool,
+        /// Milliseconds between two values of every sensor.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// A scenario at a second after the start, e.g. `drop hp-3@30`, `silence hp-2.t_supply@10`,
+        /// `trip bh-1@60`, `restore@120` (repeatable). Scenarios can also be typed while it runs.
+        #[arg(long)]
+        scenario: Vec<String>,
+        /// Print the Modbus register map and exit.
+        #[arg(long)]
+        list: bool,
     },
     /// Manage users.
     User {
@@ -107,9 +138,48 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("hub {}", env!("CARGO_PKG_VERSION"));
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Simulate {
+        mqtt,
+        no_mqtt,
+        modbus,
+        no_modbus,
+        interval_ms,
+        scenario,
+        list,
+    } = &cli.command
+    {
+        if *list {
+            print!("{}", hub::simulate::register_map());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut scenarios = Vec::new();
+        for s in scenario {
+            let (what, at) = s.rsplit_once('@').unwrap_or((s, "0"));
+            let at: f64 = at
+                .parse()
+                .with_context(|| format!("--scenario {s}: the time after @ is in seconds"))?;
+            let what = what
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--scenario {s}: {e}"))?;
+            scenarios.push((what, at));
+        }
+        let opts = hub::simulate::SimulateOptions {
+            mqtt: (!no_mqtt).then(|| mqtt.clone()),
+            modbus: (!no_modbus).then_some(*modbus),
+            interval: std::time::Duration::from_millis((*interval_ms).max(10)),
+            scenarios,
+            stdin: true,
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        hub::simulate::run(opts, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Version => unreachable!("handled above"),
+        Command::Version | Command::Simulate { .. } => unreachable!("handled above"),
         Command::Validate => {
             println!("configuration is valid");
         }
