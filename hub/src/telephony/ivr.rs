@@ -1,0 +1,649 @@
+//! The IVR: menus as data (`[telephony.ivr]`) and, per answered call, an `IvrRun` that the call core
+//! drives with the caller's digits, the media task's "prompt finished" and its own digit timer. It only
+//! decides (`Step`s); the core plays, hangs up and records.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::prompts::PromptSource;
+use super::store::IvrMode;
+
+/// `[telephony.ivr]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IvrConfig {
+    /// Node where calls start in day mode (business hours).
+    #[serde(default = "default_day")]
+    pub day: String,
+    /// Node where calls start in night mode (outside business hours).
+    #[serde(default = "default_night")]
+    pub night: String,
+    /// Node where calls start in emergency mode (after the announcement).
+    #[serde(default = "default_day")]
+    pub emergency: String,
+    /// Milliseconds a menu waits for a digit after its prompt ends.
+    #[serde(default = "default_digit_timeout_ms")]
+    pub digit_timeout_ms: u64,
+    /// Times a menu is repeated after a timeout or a wrong digit before it gives up.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// The menu nodes by name; empty means the built-in menu (see docs/telephony.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub nodes: BTreeMap<String, Node>,
+}
+
+fn default_day() -> String {
+    "main".into()
+}
+fn default_night() -> String {
+    "night".into()
+}
+fn default_digit_timeout_ms() -> u64 {
+    5000
+}
+fn default_retries() -> u32 {
+    2
+}
+
+impl Default for IvrConfig {
+    fn default() -> Self {
+        Self {
+            day: default_day(),
+            night: default_night(),
+            emergency: default_day(),
+            digit_timeout_ms: default_digit_timeout_ms(),
+            retries: default_retries(),
+            nodes: BTreeMap::new(),
+        }
+    }
+}
+
+/// A prompt: text per language (spoken by espeak-ng) or a WAV file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    /// Russian text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ru: Option<String>,
+    /// English text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub en: Option<String>,
+    /// A WAV file (any rate; converted to 8 kHz mono), played instead of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+impl Prompt {
+    fn text(ru: &str, en: &str) -> Self {
+        Prompt {
+            ru: Some(ru.into()),
+            en: Some(en.into()),
+            file: None,
+        }
+    }
+
+    /// What to play for a caller speaking `language`; the other language if this one is missing.
+    pub fn source(&self, language: &str) -> Option<PromptSource> {
+        if let Some(f) = &self.file {
+            return Some(PromptSource::File(f.clone()));
+        }
+        let (first, second) = if language == "en" {
+            ((&self.en, "en"), (&self.ru, "ru"))
+        } else {
+            ((&self.ru, "ru"), (&self.en, "en"))
+        };
+        [first, second].into_iter().find_map(|(t, voice)| {
+            t.as_ref().map(|text| PromptSource::Text {
+                voice: voice.to_owned(),
+                text: text.clone(),
+            })
+        })
+    }
+}
+
+/// One node of a menu.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Node {
+    /// Plays a prompt, then goes on.
+    Play { prompt: Prompt, next: String },
+    /// Plays a prompt and waits for one digit; `options` maps digits to nodes. Digits interrupt the
+    /// prompt. After `retries` timeouts or wrong digits it goes to `fail` (hangs up when unset).
+    Menu {
+        prompt: Prompt,
+        options: BTreeMap<String, String>,
+        #[serde(default)]
+        invalid: Option<Prompt>,
+        #[serde(default)]
+        fail: Option<String>,
+    },
+    /// Collects up to `max_digits` digits (ended early by `#` or the digit timeout), then goes on.
+    Collect {
+        prompt: Prompt,
+        max_digits: usize,
+        next: String,
+    },
+    /// Hands the caller to a queue. Queues come later: for now the prompt plays and the call ends.
+    Transfer { queue: String, prompt: Prompt },
+    /// Plays an optional prompt and hangs up.
+    Hangup {
+        #[serde(default)]
+        prompt: Option<Prompt>,
+    },
+}
+
+/// The menu of the seeds: 1-4 accounting, technical, connection, sales; 0 the dispatcher.
+pub fn builtin_nodes() -> BTreeMap<String, Node> {
+    let mut n = BTreeMap::new();
+    let options = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(d, node)| ((*d).to_owned(), (*node).to_owned()))
+            .collect()
+    };
+    n.insert(
+        "main".into(),
+        Node::Menu {
+            prompt: Prompt::text(
+                "Здравствуйте! Бухгалтерия — нажмите 1. Техническая служба — 2. Подключение — 3. \
+                 Отдел продаж — 4. Диспетчер — 0.",
+                "Hello! For accounting press 1. Technical service, 2. Connection, 3. Sales, 4. \
+                 The dispatcher, 0.",
+            ),
+            options: options(&[
+                ("1", "accounting"),
+                ("2", "technical"),
+                ("3", "connection"),
+                ("4", "sales"),
+                ("0", "dispatcher"),
+            ]),
+            invalid: Some(Prompt::text("Неверный выбор.", "Invalid choice.")),
+            fail: Some("dispatcher".into()),
+        },
+    );
+    n.insert(
+        "night".into(),
+        Node::Menu {
+            prompt: Prompt::text(
+                "Сейчас нерабочее время. Чтобы связаться с аварийным диспетчером, нажмите 0.",
+                "We are closed now. For the emergency dispatcher press 0.",
+            ),
+            options: options(&[("0", "dispatcher")]),
+            invalid: None,
+            fail: Some("goodbye".into()),
+        },
+    );
+    for (node, ru, en) in [
+        (
+            "accounting",
+            "Соединяю с бухгалтерией.",
+            "Connecting you to accounting.",
+        ),
+        (
+            "technical",
+            "Соединяю с технической службой.",
+            "Connecting you to the technical service.",
+        ),
+        (
+            "connection",
+            "Соединяю с отделом подключений.",
+            "Connecting you to connections.",
+        ),
+        (
+            "sales",
+            "Соединяю с отделом продаж.",
+            "Connecting you to sales.",
+        ),
+        (
+            "dispatcher",
+            "Соединяю с диспетчером.",
+            "Connecting you to the dispatcher.",
+        ),
+    ] {
+        n.insert(
+            node.into(),
+            Node::Transfer {
+                queue: node.into(),
+                prompt: Prompt::text(ru, en),
+            },
+        );
+    }
+    n.insert(
+        "goodbye".into(),
+        Node::Hangup {
+            prompt: Some(Prompt::text("До свидания.", "Goodbye.")),
+        },
+    );
+    n
+}
+
+impl IvrConfig {
+    /// The configured nodes, or the built-in menu.
+    pub fn nodes(&self) -> BTreeMap<String, Node> {
+        if self.nodes.is_empty() {
+            builtin_nodes()
+        } else {
+            self.nodes.clone()
+        }
+    }
+
+    /// Every node a menu names exists, and so do the start nodes.
+    pub fn check(&self) -> Result<(), String> {
+        let nodes = self.nodes();
+        let exists = |name: &str, from: &str| {
+            if nodes.contains_key(name) {
+                Ok(())
+            } else {
+                Err(format!("{from}: no node `{name}`"))
+            }
+        };
+        exists(&self.day, "telephony.ivr.day")?;
+        exists(&self.night, "telephony.ivr.night")?;
+        exists(&self.emergency, "telephony.ivr.emergency")?;
+        for (name, node) in &nodes {
+            let from = format!("telephony.ivr.nodes.{name}");
+            match node {
+                Node::Play { next, .. } | Node::Collect { next, .. } => exists(next, &from)?,
+                Node::Menu { options, fail, .. } => {
+                    for (digit, target) in options {
+                        if digit.len() != 1 || !"0123456789*#ABCD".contains(digit.as_str()) {
+                            return Err(format!("{from}: `{digit}` is not a DTMF digit"));
+                        }
+                        exists(target, &from)?;
+                    }
+                    if let Some(f) = fail {
+                        exists(f, &from)?;
+                    }
+                }
+                Node::Transfer { .. } | Node::Hangup { .. } => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the core must do for the IVR.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Play these prompts (in order) as playback `id`; anything playing stops.
+    Play { id: u64, prompts: Vec<PromptSource> },
+    /// Stop playing (a digit interrupted a menu prompt).
+    Stop,
+    /// The caller chose a queue.
+    Queue(String),
+    /// End the call.
+    Hangup,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Waiting {
+    /// For playback `id` to finish, then enter `then` (or hang up).
+    Playback {
+        id: u64,
+        then: After,
+    },
+    /// For digits of the current node until `deadline`.
+    Digits,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum After {
+    Enter(String),
+    Listen,
+    Hangup,
+}
+
+/// One call's walk through the menu.
+#[derive(Debug)]
+pub struct IvrRun {
+    nodes: BTreeMap<String, Node>,
+    language: String,
+    timeout: Duration,
+    retries: u32,
+    node: String,
+    tries: u32,
+    collected: String,
+    waiting: Waiting,
+    deadline: Option<Instant>,
+    play_id: u64,
+}
+
+impl IvrRun {
+    /// Starts at the node of `mode`, after `announcement` if there is one.
+    pub fn start(
+        config: &IvrConfig,
+        nodes: BTreeMap<String, Node>,
+        mode: IvrMode,
+        announcement: Option<PromptSource>,
+        language: &str,
+        now: Instant,
+    ) -> (Self, Vec<Step>) {
+        let start = match mode {
+            IvrMode::Day => &config.day,
+            IvrMode::Night => &config.night,
+            IvrMode::Emergency => &config.emergency,
+        };
+        let mut run = IvrRun {
+            nodes,
+            language: language.to_owned(),
+            timeout: Duration::from_millis(config.digit_timeout_ms),
+            retries: config.retries,
+            node: start.clone(),
+            tries: 0,
+            collected: String::new(),
+            waiting: Waiting::Done,
+            deadline: None,
+            play_id: 0,
+        };
+        let steps = match announcement {
+            Some(a) => run.play(vec![a], After::Enter(start.clone())),
+            None => run.enter(start.clone(), now),
+        };
+        (run, steps)
+    }
+
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    fn play(&mut self, prompts: Vec<PromptSource>, then: After) -> Vec<Step> {
+        self.play_id += 1;
+        self.waiting = Waiting::Playback {
+            id: self.play_id,
+            then,
+        };
+        self.deadline = None;
+        vec![Step::Play {
+            id: self.play_id,
+            prompts,
+        }]
+    }
+
+    fn prompt(&self, p: &Prompt) -> Vec<PromptSource> {
+        p.source(&self.language).into_iter().collect()
+    }
+
+    fn enter(&mut self, name: String, now: Instant) -> Vec<Step> {
+        let Some(node) = self.nodes.get(&name).cloned() else {
+            tracing::warn!(node = %name, "ivr: no such node; hanging up");
+            self.waiting = Waiting::Done;
+            return vec![Step::Hangup];
+        };
+        self.node = name;
+        self.tries = 0;
+        self.collected.clear();
+        match node {
+            Node::Play { prompt, next } => {
+                let p = self.prompt(&prompt);
+                self.play(p, After::Enter(next))
+            }
+            Node::Menu { prompt, .. } | Node::Collect { prompt, .. } => {
+                let p = self.prompt(&prompt);
+                self.play(p, After::Listen)
+            }
+            Node::Transfer { queue, prompt } => {
+                let p = self.prompt(&prompt);
+                let mut steps = vec![Step::Queue(queue)];
+                steps.extend(self.play(p, After::Hangup));
+                steps
+            }
+            Node::Hangup { prompt } => match prompt {
+                Some(p) => {
+                    let p = self.prompt(&p);
+                    self.play(p, After::Hangup)
+                }
+                None => {
+                    let _ = now;
+                    self.waiting = Waiting::Done;
+                    vec![Step::Hangup]
+                }
+            },
+        }
+    }
+
+    /// The media task finished playback `id`.
+    pub fn played(&mut self, id: u64, now: Instant) -> Vec<Step> {
+        let Waiting::Playback { id: current, then } = &self.waiting else {
+            return Vec::new();
+        };
+        if *current != id {
+            return Vec::new();
+        }
+        match then.clone() {
+            After::Enter(next) => self.enter(next, now),
+            After::Listen => {
+                self.waiting = Waiting::Digits;
+                self.deadline = Some(now + self.timeout);
+                Vec::new()
+            }
+            After::Hangup => {
+                self.waiting = Waiting::Done;
+                vec![Step::Hangup]
+            }
+        }
+    }
+
+    /// A digit from the caller.
+    pub fn digit(&mut self, d: char, now: Instant) -> Vec<Step> {
+        let listening = match &self.waiting {
+            Waiting::Digits => true,
+            // Digits interrupt a menu's own prompt, not announcements or goodbyes.
+            Waiting::Playback {
+                then: After::Listen,
+                ..
+            } => true,
+            _ => false,
+        };
+        if !listening {
+            return Vec::new();
+        }
+        let interrupted = !matches!(self.waiting, Waiting::Digits);
+        let mut steps = if interrupted {
+            vec![Step::Stop]
+        } else {
+            Vec::new()
+        };
+        match self.nodes.get(&self.node).cloned() {
+            Some(Node::Menu { options, .. }) => match options.get(d.to_string().as_str()) {
+                Some(next) => steps.extend(self.enter(next.clone(), now)),
+                None => steps.extend(self.retry(now)),
+            },
+            Some(Node::Collect {
+                max_digits, next, ..
+            }) => {
+                if d != '#' {
+                    self.collected.push(d);
+                }
+                if d == '#' || self.collected.len() >= max_digits {
+                    steps.extend(self.enter(next, now));
+                } else {
+                    self.waiting = Waiting::Digits;
+                    self.deadline = Some(now + self.timeout);
+                }
+            }
+            _ => {}
+        }
+        steps
+    }
+
+    /// Time passed: a menu's digit timeout.
+    pub fn tick(&mut self, now: Instant) -> Vec<Step> {
+        match self.deadline {
+            Some(d) if now >= d => {
+                self.deadline = None;
+                match self.nodes.get(&self.node).cloned() {
+                    Some(Node::Collect { next, .. }) => self.enter(next, now),
+                    _ => self.retry(now),
+                }
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A wrong digit or no digit: say so and repeat the menu, or give up.
+    fn retry(&mut self, now: Instant) -> Vec<Step> {
+        let Some(Node::Menu {
+            prompt,
+            invalid,
+            fail,
+            ..
+        }) = self.nodes.get(&self.node).cloned()
+        else {
+            return vec![Step::Hangup];
+        };
+        self.tries += 1;
+        if self.tries > self.retries {
+            return match fail {
+                Some(f) => self.enter(f, now),
+                None => {
+                    self.waiting = Waiting::Done;
+                    vec![Step::Hangup]
+                }
+            };
+        }
+        let mut prompts = invalid.map(|p| self.prompt(&p)).unwrap_or_default();
+        prompts.extend(self.prompt(&prompt));
+        let tries = self.tries;
+        let steps = self.play(prompts, After::Listen);
+        self.tries = tries;
+        steps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(mode: IvrMode, announcement: Option<&str>) -> (IvrRun, Vec<Step>) {
+        let c = IvrConfig::default();
+        IvrRun::start(
+            &c,
+            c.nodes(),
+            mode,
+            announcement.map(|t| PromptSource::Text {
+                voice: "ru".into(),
+                text: t.into(),
+            }),
+            "ru",
+            Instant::now(),
+        )
+    }
+
+    fn play_id(steps: &[Step]) -> u64 {
+        steps
+            .iter()
+            .find_map(|s| match s {
+                Step::Play { id, .. } => Some(*id),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_builtin_menu_is_consistent() {
+        IvrConfig::default().check().unwrap();
+        let mut c = IvrConfig::default();
+        c.day = "nowhere".into();
+        assert!(c.check().unwrap_err().contains("nowhere"));
+    }
+
+    #[test]
+    fn a_digit_interrupts_the_menu_and_picks_the_queue() {
+        let now = Instant::now();
+        let (mut run, steps) = start(IvrMode::Day, None);
+        assert_eq!(play_id(&steps), 1);
+        let steps = run.digit('2', now);
+        assert_eq!(steps[0], Step::Stop);
+        assert_eq!(steps[1], Step::Queue("technical".into()));
+        let bye = play_id(&steps);
+        assert!(
+            run.digit('3', now).is_empty(),
+            "digits during the transfer prompt are ignored"
+        );
+        assert_eq!(run.played(bye, now), vec![Step::Hangup]);
+    }
+
+    #[test]
+    fn the_announcement_comes_first_and_is_not_interrupted() {
+        let now = Instant::now();
+        let (mut run, steps) = start(IvrMode::Emergency, Some("Авария"));
+        let Step::Play { id, prompts } = &steps[0] else {
+            panic!()
+        };
+        assert!(matches!(&prompts[0], PromptSource::Text { text, .. } if text == "Авария"));
+        assert!(run.digit('1', now).is_empty());
+        let menu = run.played(*id, now);
+        let Step::Play { prompts, .. } = &menu[0] else {
+            panic!()
+        };
+        assert!(
+            matches!(&prompts[0], PromptSource::Text { text, .. } if text.contains("Бухгалтерия"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_repeat_the_menu_then_go_to_fail() {
+        let (mut run, steps) = start(IvrMode::Night, None);
+        let mut id = play_id(&steps);
+        for _ in 0..2 {
+            assert!(run.played(id, Instant::now()).is_empty());
+            let deadline = run.next_wakeup().unwrap();
+            tokio::time::advance(deadline - Instant::now()).await;
+            let steps = run.tick(Instant::now());
+            id = play_id(&steps);
+        }
+        run.played(id, Instant::now());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        // Third timeout: the night menu's fail node says goodbye.
+        let steps = run.tick(Instant::now());
+        let Step::Play { id, prompts } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert!(matches!(&prompts[0], PromptSource::Text { text, .. } if text == "До свидания."));
+        assert_eq!(run.played(*id, Instant::now()), vec![Step::Hangup]);
+    }
+
+    #[test]
+    fn collect_stops_at_hash_or_max() {
+        let now = Instant::now();
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            "acct".to_owned(),
+            Node::Collect {
+                prompt: Prompt::text("Номер счёта", "Account"),
+                max_digits: 4,
+                next: "end".into(),
+            },
+        );
+        nodes.insert("end".to_owned(), Node::Hangup { prompt: None });
+        let c = IvrConfig {
+            day: "acct".into(),
+            nodes: nodes.clone(),
+            ..IvrConfig::default()
+        };
+        let (mut run, _) = IvrRun::start(&c, nodes, IvrMode::Day, None, "en", now);
+        assert!(run.digit('1', now).contains(&Step::Stop));
+        assert!(run.digit('2', now).is_empty());
+        assert_eq!(run.digit('#', now), vec![Step::Hangup]);
+    }
+
+    #[test]
+    fn prompts_fall_back_to_the_other_language() {
+        let p = Prompt {
+            ru: Some("Привет".into()),
+            ..Prompt::default()
+        };
+        assert_eq!(
+            p.source("en"),
+            Some(PromptSource::Text {
+                voice: "ru".into(),
+                text: "Привет".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! The media task of one call, spawned by the core when it answers: sends a 20 ms G.711 frame on every
+//! tick (the prompt being played, else silence) to the caller's RTP address, and turns the RTP it
+//! receives into DTMF digits (RFC 4733) reported to the core with "prompt finished" events.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::core::{CallKey, CoreMsg, MediaEvent};
+use super::g711::{FRAME_SAMPLES, Law};
+use super::prompts::{Audio, PromptSource, Prompts};
+use super::rtp::{self, DtmfDetector, Packetizer};
+
+/// Commands to a media task; its channel holds this many.
+pub const MEDIA_CHANNEL: usize = 16;
+
+/// 20 ms: one frame.
+pub const PTIME: Duration = Duration::from_millis(20);
+
+#[derive(Debug)]
+pub enum MediaCmd {
+    /// Play prompts in order as playback `id`, replacing anything playing; `PlayDone(id)` follows.
+    Play { id: u64, prompts: Vec<PromptSource> },
+    /// Stop playing (silence follows); no `PlayDone`.
+    Stop,
+}
+
+/// Everything a media task needs.
+pub struct MediaSetup {
+    pub key: CallKey,
+    pub socket: UdpSocket,
+    pub remote: SocketAddr,
+    pub law: Law,
+    pub dtmf_pt: Option<u8>,
+    /// Follow the caller's RTP source address when it differs from the SDP (symmetric RTP).
+    pub latch: bool,
+    pub prompts: Arc<Prompts>,
+    pub core: mpsc::Sender<CoreMsg>,
+}
+
+struct Playing {
+    id: u64,
+    audio: Vec<Audio>,
+    part: usize,
+    pos: usize,
+}
+
+pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: CancellationToken) {
+    let MediaSetup {
+        key,
+        socket,
+        mut remote,
+        law,
+        dtmf_pt,
+        latch,
+        prompts,
+        core,
+    } = setup;
+    let seed = rand_u64();
+    let mut out = Packetizer::new(
+        law.payload_type(),
+        seed as u32,
+        (seed >> 32) as u16,
+        (seed >> 48) as u32,
+    );
+    let mut tick = tokio::time::interval(PTIME);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut playing: Option<Playing> = None;
+    let mut loading: Option<(u64, oneshot::Receiver<Vec<Audio>>)> = None;
+    let mut dtmf = DtmfDetector::default();
+    let mut latched = false;
+    let mut buf = vec![0u8; 2048];
+    let mut frame = [0u8; FRAME_SAMPLES];
+    let report = |event: MediaEvent| {
+        let core = core.clone();
+        async move {
+            // The core outlives its media tasks; a closed channel means the hub is stopping.
+            if core.send(CoreMsg::Media { key, event }).await.is_err() {
+                tracing::debug!(call = key.0, "media: core gone");
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let mut finished = None;
+                for (i, slot) in frame.iter_mut().enumerate() {
+                    *slot = match playing.as_mut() {
+                        Some(p) => match next_sample(p) {
+                            Some(s) => law.encode(s),
+                            None => {
+                                finished = Some(p.id);
+                                playing = None;
+                                law.silence()
+                            }
+                        },
+                        None => {
+                            let _ = i;
+                            law.silence()
+                        }
+                    };
+                }
+                let packet = out.packet(&frame, FRAME_SAMPLES as u32);
+                if let Err(e) = socket.send_to(&packet, remote).await {
+                    tracing::debug!(call = key.0, error = %e, "rtp send failed");
+                }
+                if let Some(id) = finished {
+                    report(MediaEvent::PlayDone(id)).await;
+                }
+            }
+            cmd = cmds.recv() => match cmd {
+                None => return,
+                Some(MediaCmd::Stop) => {
+                    playing = None;
+                    loading = None;
+                }
+                Some(MediaCmd::Play { id, prompts: sources }) => {
+                    playing = None;
+                    // Rendering may take a moment (speech synthesis): done aside so frames keep flowing.
+                    let (tx, rx) = oneshot::channel();
+                    let cache = prompts.clone();
+                    tokio::spawn(async move {
+                        let mut audio = Vec::with_capacity(sources.len());
+                        for s in &sources {
+                            audio.push(cache.get(s).await);
+                        }
+                        let _ = tx.send(audio);
+                    });
+                    loading = Some((id, rx));
+                }
+            },
+            audio = async {
+                match loading.as_mut() {
+                    Some((_, rx)) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let (Some((id, _)), Some(audio)) = (loading.take(), audio) {
+                    playing = Some(Playing { id, audio, part: 0, pos: 0 });
+                }
+            }
+            got = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = got else { continue };
+                let Ok(packet) = rtp::parse(&buf[..n]) else { continue };
+                if latch && !latched && from != remote {
+                    tracing::info!(call = key.0, sdp = %remote, actual = %from, "rtp: latching on the caller's source address");
+                    remote = from;
+                    latched = true;
+                }
+                if Some(packet.payload_type) == dtmf_pt {
+                    for digit in dtmf.push(packet.timestamp, packet.payload) {
+                        report(MediaEvent::Dtmf(digit)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn next_sample(p: &mut Playing) -> Option<i16> {
+    loop {
+        let part = p.audio.get(p.part)?;
+        if let Some(s) = part.get(p.pos) {
+            p.pos += 1;
+            return Some(*s);
+        }
+        p.part += 1;
+        p.pos = 0;
+    }
+}
+
+/// Random bits for SSRC, sequence and timestamp starts, from the OS.
+pub fn rand_u64() -> u64 {
+    use rand_core::RngCore;
+    rand_core::OsRng.next_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telephony::rtp::parse;
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_are_paced_20ms_apart_and_the_prompt_then_silence_is_sent() {
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ours = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ours_addr = ours.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wav = dir.path().join("beep.wav");
+        // 100 ms of tone at 8 kHz: five frames.
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+        for s in crate::telephony::prompts::tone(100, 440.0).iter() {
+            w.write_sample(*s).unwrap();
+        }
+        w.finalize().unwrap();
+        let (core_tx, mut core_rx) = mpsc::channel(8);
+        let (cmd_tx, cmd_rx) = mpsc::channel(8);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            MediaSetup {
+                key: CallKey(1),
+                socket: ours,
+                remote: caller.local_addr().unwrap(),
+                law: Law::Pcmu,
+                dtmf_pt: Some(101),
+                latch: false,
+                prompts: Arc::new(Prompts::new(dir.path().into(), "false".into())),
+                core: core_tx,
+            },
+            cmd_rx,
+            stop.clone(),
+        ));
+        cmd_tx
+            .send(MediaCmd::Play {
+                id: 7,
+                prompts: vec![PromptSource::File(wav)],
+            })
+            .await
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen = Vec::new();
+        let start = tokio::time::Instant::now();
+        for _ in 0..20 {
+            let n = caller.recv(&mut buf).await.unwrap();
+            let p = parse(&buf[..n]).unwrap();
+            seen.push((
+                (tokio::time::Instant::now() - start).as_millis(),
+                p.sequence,
+                p.timestamp,
+                p.marker,
+                p.payload.iter().any(|b| *b != 0xff),
+            ));
+        }
+        for pair in seen.windows(2) {
+            assert_eq!(pair[1].0 - pair[0].0, 20, "20 ms apart: {seen:?}");
+            assert_eq!(pair[1].1, pair[0].1.wrapping_add(1));
+            assert_eq!(pair[1].2, pair[0].2.wrapping_add(160));
+        }
+        assert!(
+            seen[0].3 && seen[1..].iter().all(|s| !s.3),
+            "marker on the first only"
+        );
+        let audible = seen.iter().filter(|s| s.4).count();
+        assert_eq!(audible, 5, "five frames of tone, then silence: {seen:?}");
+        let done = core_rx.recv().await.unwrap();
+        assert!(matches!(
+            done,
+            CoreMsg::Media {
+                event: MediaEvent::PlayDone(7),
+                ..
+            }
+        ));
+
+        // RFC 4733 digit 5 (three end packets): one digit.
+        for end in [false, true, true, true] {
+            let ev = [5u8, if end { 0x80 } else { 0 }, 0, 160];
+            let mut pk = Packetizer::new(101, 1, 1, 4000);
+            caller.send_to(&pk.packet(&ev, 0), ours_addr).await.unwrap();
+        }
+        let digit = core_rx.recv().await.unwrap();
+        assert!(matches!(
+            digit,
+            CoreMsg::Media {
+                event: MediaEvent::Dtmf('5'),
+                ..
+            }
+        ));
+        stop.cancel();
+        task.await.unwrap();
+        assert!(core_rx.try_recv().is_err(), "one digit only");
+    }
+}
