@@ -821,3 +821,78 @@ async fn pymodbus_is_read_and_written_and_its_restart_is_noticed() {
     assert_eq!(c.stats.snapshot().reconnects, 1);
     c.stop().await;
 }
+
+/// The example in docs/connectors.md is a valid configuration and shows every key.
+#[test]
+fn the_documented_example_is_valid_and_complete() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/connectors.md"
+    ))
+    .unwrap();
+    let doc = format!("\n{doc}");
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("Modbus TCP"))
+        .expect("a `## Modbus TCP` section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a toml example");
+    let mut file: toml::Table = toml::from_str(example).unwrap();
+    let connectors = file.remove("connectors").unwrap();
+    let (name, connector) = connectors.as_table().unwrap().iter().next().unwrap();
+    let mut connector = connector.as_table().unwrap().clone();
+    assert_eq!(
+        connector.remove("type").unwrap().as_str(),
+        Some("modbus"),
+        "{name}"
+    );
+    let mut keys: Vec<String> = connector.keys().cloned().collect();
+    keys.sort();
+    let register_keys: Vec<String> = connector["registers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_table().unwrap().keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let config: ModbusConfig = connector.try_into().unwrap();
+    config.validate().unwrap();
+    ModbusConnector::new(config).unwrap();
+    assert_eq!(
+        keys,
+        [
+            "backoff_max_ms",
+            "host",
+            "poll_interval_ms",
+            "port",
+            "registers",
+            "timeout_ms",
+            "unit"
+        ]
+    );
+    assert_eq!(
+        register_keys,
+        [
+            "address",
+            "byte_order",
+            "offset",
+            "scale",
+            "sensor",
+            "table",
+            "type",
+            "unit",
+            "word_order"
+        ]
+    );
+    // Every key in the example is described in the section's tables.
+    for key in keys.iter().chain(&register_keys) {
+        assert!(
+            section.contains(&format!("| `{key}`")),
+            "{key} is not described"
+        );
+    }
+}
