@@ -66,6 +66,8 @@ pub(crate) struct RunCtx {
     pub logs: Vec<String>,
     pub dropped_logs: usize,
     pub memory: RuleMemory,
+    /// The memory as it was before the first change of this run, to roll a failed run back.
+    pub undo: Option<RuleMemory>,
     pub deadline: Option<Instant>,
     pub limits: Limits,
 }
@@ -79,6 +81,7 @@ impl RunCtx {
             logs: Vec::new(),
             dropped_logs: 0,
             memory: RuleMemory::default(),
+            undo: None,
             deadline: None,
             limits,
         }
@@ -110,6 +113,14 @@ impl RunCtx {
             .ok_or_else(|| "no world is available here".into())
     }
 
+    /// The memory, about to change: the first change of a run keeps a copy for rollback.
+    fn memory_mut(&mut self) -> &mut RuleMemory {
+        if self.undo.is_none() {
+            self.undo = Some(self.memory.clone());
+        }
+        &mut self.memory
+    }
+
     fn set_timer(&mut self, timer: Timer) -> Res<()> {
         let exists = self.memory.timers.iter().any(|t| t.name == timer.name);
         if !exists && self.memory.timers.len() >= self.limits.max_timers {
@@ -117,7 +128,7 @@ impl RunCtx {
                 format!("limit: more than {} pending timers", self.limits.max_timers).into(),
             );
         }
-        self.memory.set_timer(timer);
+        self.memory_mut().set_timer(timer);
         Ok(())
     }
 }
@@ -550,10 +561,18 @@ fn register_conditions(engine: &mut Engine, ctx: &Shared) {
             let mut g = lock(&c);
             let now = g.now;
             if !cond {
-                g.memory.held.remove(key.as_str());
+                if g.memory.held.contains_key(key.as_str()) {
+                    g.memory_mut().held.remove(key.as_str());
+                }
                 return Ok(false);
             }
-            let since = *g.memory.held.entry(key.to_string()).or_insert(now);
+            let since = match g.memory.held.get(key.as_str()) {
+                Some(since) => *since,
+                None => {
+                    g.memory_mut().held.insert(key.to_string(), now);
+                    now
+                }
+            };
             Ok(now - since >= span)
         },
     );
@@ -581,7 +600,7 @@ fn register_conditions(engine: &mut Engine, ctx: &Shared) {
                 prev
             };
             if state != prev || !g.memory.hysteresis.contains_key(key.as_str()) {
-                g.memory.hysteresis.insert(key.to_string(), state);
+                g.memory_mut().hysteresis.insert(key.to_string(), state);
             }
             Ok(state)
         },
@@ -696,9 +715,11 @@ fn register_timers(engine: &mut Engine, ctx: &Shared) {
     let c = ctx.clone();
     engine.register_fn("cancel_timer", move |name: ImmutableString| -> bool {
         let mut g = lock(&c);
-        let before = g.memory.timers.len();
-        g.memory.timers.retain(|t| t.name != name.as_str());
-        g.memory.timers.len() != before
+        if !g.memory.timers.iter().any(|t| t.name == name.as_str()) {
+            return false;
+        }
+        g.memory_mut().timers.retain(|t| t.name != name.as_str());
+        true
     });
     let c = ctx.clone();
     engine.register_fn("timer_pending", move |name: ImmutableString| -> bool {

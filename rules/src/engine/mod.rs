@@ -155,7 +155,12 @@ struct Rule {
     triggers: Vec<Trigger>,
     vars: Dynamic,
     memory: RuleMemory,
+    /// The memory changed since the last `take_dirty`.
     dirty: bool,
+    /// `on_event` ran since the last `take_dirty`: `this` may have changed.
+    ran: bool,
+    /// Fingerprint of `this` when last reported.
+    vars_fingerprint: u64,
     metrics: RuleMetrics,
 }
 
@@ -291,6 +296,8 @@ impl RuleSet {
                     vars: Dynamic::from_map(Map::new()),
                     memory: RuleMemory::default(),
                     dirty: false,
+                    ran: false,
+                    vars_fingerprint: fingerprint(&Dynamic::from_map(Map::new())),
                     metrics: RuleMetrics::default(),
                 };
                 if let Some(state) = self.pending_state.remove(id) {
@@ -431,20 +438,31 @@ impl RuleSet {
 
     // ----- state -----
 
-    /// Rules whose state changed since the last call; the hub exports and persists them.
+    /// Rules whose state changed since the last call; the hub exports and persists them. Whether
+    /// `this` changed is judged here (a walk of `this` of each rule that ran since), not on every
+    /// run: call it periodically, e.g. once a second.
     pub fn take_dirty(&mut self) -> Vec<String> {
-        self.rules
-            .iter_mut()
-            .filter(|r| r.dirty)
-            .map(|r| {
+        let mut out = Vec::new();
+        for r in &mut self.rules {
+            if r.ran {
+                r.ran = false;
+                let fp = fingerprint(&r.vars);
+                if fp != r.vars_fingerprint {
+                    r.vars_fingerprint = fp;
+                    r.dirty = true;
+                }
+            }
+            if r.dirty {
                 r.dirty = false;
-                r.id.clone()
-            })
-            .collect()
+                out.push(r.id.clone());
+            }
+        }
+        out
     }
 
     pub fn is_dirty(&self, id: &str) -> bool {
-        self.find(id).is_some_and(|r| r.dirty)
+        self.find(id)
+            .is_some_and(|r| r.dirty || (r.ran && fingerprint(&r.vars) != r.vars_fingerprint))
     }
 
     /// A rule's `this` map, `held_for`/`hysteresis` memory and pending timers, as JSON.
@@ -501,7 +519,11 @@ impl RuleSet {
             return eval;
         }
         let ev = event_map::event_map(event, world.as_ref());
-        let input = event_map::summary(event);
+        let input = if self.trace_capacity > 0 {
+            event_map::summary(event)
+        } else {
+            String::new()
+        };
         for i in matched {
             let run = self.run(i, ev.clone(), event.at, world, &input, None);
             eval.runs.push(run);
@@ -604,23 +626,24 @@ impl RuleSet {
             g.actions.clear();
             g.logs.clear();
             g.dropped_logs = 0;
-            g.memory = rule.memory.clone();
+            g.memory = std::mem::take(&mut rule.memory);
+            g.undo = None;
             g.deadline = Some(Instant::now() + self.limits.time_budget);
         }
-        let mut this = rule.vars.clone();
+        rule.ran = true;
         let mut scope = Scope::new();
         let started = Instant::now();
         let result = self.engine.call_fn_with_options::<Dynamic>(
             CallFnOptions::new()
                 .eval_ast(false)
-                .bind_this_ptr(&mut this),
+                .bind_this_ptr(&mut rule.vars),
             &mut scope,
             &rule.ast,
             "on_event",
             (ev,),
         );
         let duration = started.elapsed();
-        let (mut actions, mut logs, memory) = {
+        let (mut actions, mut logs, memory, undo) = {
             let mut g = lock(&self.ctx);
             g.world = None;
             g.deadline = None;
@@ -632,6 +655,7 @@ impl RuleSet {
                 std::mem::take(&mut g.actions),
                 std::mem::take(&mut g.logs),
                 std::mem::take(&mut g.memory),
+                g.undo.take(),
             )
         };
         let m = &mut rule.metrics;
@@ -640,14 +664,10 @@ impl RuleSet {
         m.time_max = m.time_max.max(duration);
         let error = match result {
             Ok(_) => {
-                if memory != rule.memory {
-                    rule.memory = memory;
+                if undo.is_some() {
                     rule.dirty = true;
                 }
-                if !dyn_eq(&this, &rule.vars) {
-                    rule.vars = this;
-                    rule.dirty = true;
-                }
+                rule.memory = memory;
                 m.actions += actions.len() as u64;
                 None
             }
@@ -658,6 +678,7 @@ impl RuleSet {
                     m.limit_hits += 1;
                 }
                 m.last_error = Some(e.clone());
+                rule.memory = undo.unwrap_or(memory);
                 actions.clear();
                 Some(e)
             }
@@ -795,9 +816,11 @@ fn apply_state(rule: &mut Rule, state: StateExport) -> Result<(), RuleError> {
             reason: e.to_string(),
         })?,
     };
+    rule.vars_fingerprint = fingerprint(&vars);
     rule.vars = vars;
     rule.memory = state.memory;
     rule.dirty = false;
+    rule.ran = false;
     Ok(())
 }
 
@@ -852,43 +875,36 @@ fn run_error(e: &EvalAltResult) -> RunError {
     }
 }
 
-/// Structural equality of script values (to know whether `this` changed).
-fn dyn_eq(a: &Dynamic, b: &Dynamic) -> bool {
-    if a.type_id() != b.type_id() {
-        return false;
+/// A hash of a script value's structure and contents (to know whether `this` changed).
+fn fingerprint(v: &Dynamic) -> u64 {
+    use std::hash::{Hash, Hasher};
+    fn walk(v: &Dynamic, h: &mut std::collections::hash_map::DefaultHasher) {
+        v.type_name().hash(h);
+        if let Ok(x) = v.as_int() {
+            x.hash(h);
+        } else if let Ok(x) = v.as_float() {
+            x.to_bits().hash(h);
+        } else if let Ok(x) = v.as_bool() {
+            x.hash(h);
+        } else if let Some(m) = v.read_lock::<Map>() {
+            m.len().hash(h);
+            for (k, x) in m.iter() {
+                k.as_str().hash(h);
+                walk(x, h);
+            }
+        } else if let Some(a) = v.read_lock::<rhai::Array>() {
+            a.len().hash(h);
+            for x in a.iter() {
+                walk(x, h);
+            }
+        } else if !v.is_unit() {
+            // Strings, characters, timestamps, function pointers: their text.
+            v.to_string().hash(h);
+        }
     }
-    if a.is_unit() {
-        return true;
-    }
-    if let (Ok(x), Ok(y)) = (a.as_int(), b.as_int()) {
-        return x == y;
-    }
-    if let (Ok(x), Ok(y)) = (a.as_float(), b.as_float()) {
-        return x == y;
-    }
-    if let (Ok(x), Ok(y)) = (a.as_bool(), b.as_bool()) {
-        return x == y;
-    }
-    if let (Ok(x), Ok(y)) = (a.as_char(), b.as_char()) {
-        return x == y;
-    }
-    if let (Some(x), Some(y)) = (
-        a.read_lock::<rhai::ImmutableString>(),
-        b.read_lock::<rhai::ImmutableString>(),
-    ) {
-        return *x == *y;
-    }
-    if let (Some(x), Some(y)) = (a.read_lock::<Map>(), b.read_lock::<Map>()) {
-        return x.len() == y.len()
-            && x.iter()
-                .zip(y.iter())
-                .all(|((k1, v1), (k2, v2))| k1 == k2 && dyn_eq(v1, v2));
-    }
-    if let (Some(x), Some(y)) = (a.read_lock::<rhai::Array>(), b.read_lock::<rhai::Array>()) {
-        return x.len() == y.len() && x.iter().zip(y.iter()).all(|(p, q)| dyn_eq(p, q));
-    }
-    // Anything else (function pointers, timestamps) counts as changed: saving too often is harmless.
-    false
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    walk(v, &mut h);
+    h.finish()
 }
 
 /// Compiles `source` without installing it and runs it over `events` (each applied to a copy of the

@@ -123,7 +123,7 @@ fn an_infinite_loop_is_stopped_and_others_still_act() {
     load(
         &mut set,
         "a_loop",
-        r#"on_reading("*"); fn on_event(ev) { raise_alarm("x", "minor", "m"); loop { } }"#,
+        r#"on_reading("*"); fn on_event(ev) { raise_alarm("x", "minor", "m"); after(10, "t"); held_for("h", true, 1); loop { } }"#,
     );
     load(
         &mut set,
@@ -149,6 +149,15 @@ fn an_infinite_loop_is_stopped_and_others_still_act() {
         }]
     );
     assert!(e.runs[2].error.as_ref().unwrap().limit);
+    assert_eq!(
+        set.next_timer_due(),
+        None,
+        "timers of a failed run are dropped"
+    );
+    assert_eq!(
+        set.export_state("a_loop").unwrap()["held"],
+        serde_json::json!({})
+    );
     let m = set.metrics("a_loop").unwrap();
     assert_eq!((m.evaluations, m.errors, m.limit_hits), (1, 1, 1));
     assert!(set.trace().any(|t| t.rule == "a_loop" && t.error.is_some()));
