@@ -55,6 +55,9 @@ pub struct Config {
     /// `outages/#` (`docs/connectors.md`).
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+    /// The built-in telephony core: SIP, RTP, IVR (`docs/telephony.md`).
+    #[serde(default)]
+    pub telephony: crate::telephony::TelephonyConfig,
 }
 
 /// `[mqtt_broker]`

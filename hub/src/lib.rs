@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod names;
 pub mod network;
+pub mod simulate;
 pub mod storage;
 pub mod telephony;
 pub mod testing;
@@ -94,6 +95,21 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    if config.telephony.enabled {
+        let phone = telephony::start(
+            &config.telephony,
+            db.clone(),
+            state.network.clone(),
+            state.metrics.clone(),
+            &tasks,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| HubError::Setup(e.to_string()))?;
+        println!("sip listening on udp:{}", phone.sip_addr());
+        tracing::info!(addr = %phone.sip_addr(), "sip listening");
+    }
+
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|source| HubError::Bind {
@@ -122,7 +138,7 @@ pub async fn run(
 }
 
 /// Starts the embedded MQTT broker (unless disabled), the ingest task and every configured connector.
-async fn start_connectors(
+pub async fn start_connectors(
     state: &mut AppState,
     config: &Config,
     tasks: &tokio_util::task::TaskTracker,

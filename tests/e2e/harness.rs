@@ -43,7 +43,7 @@ impl TestEnv {
         let url = hub::testing::fresh_database_url(dir.path()).await;
         let config = dir.path().join("hub.toml");
         let toml = format!(
-            "[database]\nurl = \"{url}\"\nmax_connections = 4\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[mqtt_broker]\nlisten = \"127.0.0.1:0\"\n"
+            "[database]\nurl = \"{url}\"\nmax_connections = 4\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[mqtt_broker]\nlisten = \"127.0.0.1:0\"\n\n[telephony]\nlisten = \"127.0.0.1:0\"\nprompts_dir = \"prompts\"\n"
         );
         std::fs::write(&config, toml).expect("write hub.toml");
         TestEnv { dir, config }
@@ -299,6 +299,15 @@ impl Hub {
             .find_map(|l| l.strip_prefix("mqtt listening on "))
             .map(|a| a.trim().to_owned())
             .unwrap_or_else(|| panic!("no `mqtt listening on` line in {:?}", self.banner))
+    }
+
+    /// The SIP address from `sip listening on udp:ADDR` (printed before the HTTP line).
+    pub fn sip_addr(&self) -> std::net::SocketAddr {
+        self.banner
+            .iter()
+            .find_map(|l| l.strip_prefix("sip listening on udp:"))
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `sip listening on udp:` line in {:?}", self.banner))
     }
 
     pub fn pid(&self) -> u32 {

@@ -18,3 +18,4 @@ mod mqtt;
 mod outages;
 mod roles;
 mod shutdown;
+mod telephony;

@@ -3,6 +3,7 @@
 //! every endpoint but the health checks needs a session cookie or a bearer token.
 
 pub mod auth;
+pub mod calls;
 pub mod connectors;
 pub mod consumers;
 pub mod events;
@@ -139,6 +140,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(import::router())
         .merge(events::router())
         .merge(connectors::router())
+        .merge(calls::router())
 }
 
 /// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as

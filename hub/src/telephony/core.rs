@@ -666,7 +666,6 @@ impl Core {
             info.mode,
             announcement,
             &info.language,
-            now,
         );
         call.ivr = Some(ivr);
         let res = Response::to_request(&call.invite, 200, "OK", Some(&call.local_tag))

@@ -321,7 +321,6 @@ impl IvrRun {
         mode: IvrMode,
         announcement: Option<PromptSource>,
         language: &str,
-        now: Instant,
     ) -> (Self, Vec<Step>) {
         let start = match mode {
             IvrMode::Day => &config.day,
@@ -342,7 +341,7 @@ impl IvrRun {
         };
         let steps = match announcement {
             Some(a) => run.play(vec![a], After::Enter(start.clone())),
-            None => run.enter(start.clone(), now),
+            None => run.enter(start.clone()),
         };
         (run, steps)
     }
@@ -368,7 +367,7 @@ impl IvrRun {
         p.source(&self.language).into_iter().collect()
     }
 
-    fn enter(&mut self, name: String, now: Instant) -> Vec<Step> {
+    fn enter(&mut self, name: String) -> Vec<Step> {
         let Some(node) = self.nodes.get(&name).cloned() else {
             tracing::warn!(node = %name, "ivr: no such node; hanging up");
             self.waiting = Waiting::Done;
@@ -398,7 +397,6 @@ impl IvrRun {
                     self.play(p, After::Hangup)
                 }
                 None => {
-                    let _ = now;
                     self.waiting = Waiting::Done;
                     vec![Step::Hangup]
                 }
@@ -415,7 +413,7 @@ impl IvrRun {
             return Vec::new();
         }
         match then.clone() {
-            After::Enter(next) => self.enter(next, now),
+            After::Enter(next) => self.enter(next),
             After::Listen => {
                 self.waiting = Waiting::Digits;
                 self.deadline = Some(now + self.timeout);
@@ -450,8 +448,8 @@ impl IvrRun {
         };
         match self.nodes.get(&self.node).cloned() {
             Some(Node::Menu { options, .. }) => match options.get(d.to_string().as_str()) {
-                Some(next) => steps.extend(self.enter(next.clone(), now)),
-                None => steps.extend(self.retry(now)),
+                Some(next) => steps.extend(self.enter(next.clone())),
+                None => steps.extend(self.retry()),
             },
             Some(Node::Collect {
                 max_digits, next, ..
@@ -460,7 +458,7 @@ impl IvrRun {
                     self.collected.push(d);
                 }
                 if d == '#' || self.collected.len() >= max_digits {
-                    steps.extend(self.enter(next, now));
+                    steps.extend(self.enter(next));
                 } else {
                     self.waiting = Waiting::Digits;
                     self.deadline = Some(now + self.timeout);
@@ -477,8 +475,8 @@ impl IvrRun {
             Some(d) if now >= d => {
                 self.deadline = None;
                 match self.nodes.get(&self.node).cloned() {
-                    Some(Node::Collect { next, .. }) => self.enter(next, now),
-                    _ => self.retry(now),
+                    Some(Node::Collect { next, .. }) => self.enter(next),
+                    _ => self.retry(),
                 }
             }
             _ => Vec::new(),
@@ -486,7 +484,7 @@ impl IvrRun {
     }
 
     /// A wrong digit or no digit: say so and repeat the menu, or give up.
-    fn retry(&mut self, now: Instant) -> Vec<Step> {
+    fn retry(&mut self) -> Vec<Step> {
         let Some(Node::Menu {
             prompt,
             invalid,
@@ -499,7 +497,7 @@ impl IvrRun {
         self.tries += 1;
         if self.tries > self.retries {
             return match fail {
-                Some(f) => self.enter(f, now),
+                Some(f) => self.enter(f),
                 None => {
                     self.waiting = Waiting::Done;
                     vec![Step::Hangup]
@@ -508,10 +506,7 @@ impl IvrRun {
         }
         let mut prompts = invalid.map(|p| self.prompt(&p)).unwrap_or_default();
         prompts.extend(self.prompt(&prompt));
-        let tries = self.tries;
-        let steps = self.play(prompts, After::Listen);
-        self.tries = tries;
-        steps
+        self.play(prompts, After::Listen)
     }
 }
 
@@ -530,7 +525,6 @@ mod tests {
                 text: t.into(),
             }),
             "ru",
-            Instant::now(),
         )
     }
 
@@ -547,8 +541,10 @@ mod tests {
     #[test]
     fn the_builtin_menu_is_consistent() {
         IvrConfig::default().check().unwrap();
-        let mut c = IvrConfig::default();
-        c.day = "nowhere".into();
+        let c = IvrConfig {
+            day: "nowhere".into(),
+            ..IvrConfig::default()
+        };
         assert!(c.check().unwrap_err().contains("nowhere"));
     }
 
@@ -626,7 +622,7 @@ mod tests {
             nodes: nodes.clone(),
             ..IvrConfig::default()
         };
-        let (mut run, _) = IvrRun::start(&c, nodes, IvrMode::Day, None, "en", now);
+        let (mut run, _) = IvrRun::start(&c, nodes, IvrMode::Day, None, "en");
         assert!(run.digit('1', now).contains(&Step::Stop));
         assert!(run.digit('2', now).is_empty());
         assert_eq!(run.digit('#', now), vec![Step::Hangup]);

@@ -89,7 +89,7 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let mut finished = None;
-                for (i, slot) in frame.iter_mut().enumerate() {
+                for slot in frame.iter_mut() {
                     *slot = match playing.as_mut() {
                         Some(p) => match next_sample(p) {
                             Some(s) => law.encode(s),
@@ -99,10 +99,7 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                                 law.silence()
                             }
                         },
-                        None => {
-                            let _ = i;
-                            law.silence()
-                        }
+                        None => law.silence(),
                     };
                 }
                 let packet = out.packet(&frame, FRAME_SAMPLES as u32);

@@ -184,8 +184,8 @@ impl ClientTx {
         }
     }
 
-    /// A response arrived: provisional ones stretch the interval to T2, a final one ends it (timer K is
-    /// zero over... well, the core only needs to stop resending).
+    /// A response arrived: a provisional one stretches the interval to T2, a final one ends the
+    /// transaction (returns true; timer K, which only absorbs response retransmissions, is not kept).
     pub fn response(&mut self, code: u16, now: Instant) -> bool {
         if code < 200 {
             self.interval = self.timers.t2;
