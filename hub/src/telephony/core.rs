@@ -496,8 +496,12 @@ impl Core {
             Ok(o) => o,
             Err(e) => {
                 tracing::info!(call_id = %req.common.call_id, error = %e, "invite rejected: 488");
+                self.setup
+                    .metrics
+                    .inc("hub_telephony_calls_total", &[("outcome", "rejected")]);
+                let warning = e.to_string().replace('"', "'");
                 let res = reject(488, "Not Acceptable Here")
-                    .with_header("Warning", format!("399 hub \"{e}\""));
+                    .with_header("Warning", format!("399 hub \"{warning}\""));
                 self.respond(&tx_key, &res, from, now).await;
                 return;
             }
@@ -506,6 +510,9 @@ impl Core {
             Some(r) => r,
             None => {
                 tracing::warn!("no free RTP port in the configured range: 503");
+                self.setup
+                    .metrics
+                    .inc("hub_telephony_calls_total", &[("outcome", "rejected")]);
                 let res = reject(503, "Service Unavailable").with_header("Retry-After", "5");
                 self.respond(&tx_key, &res, from, now).await;
                 return;

@@ -1584,11 +1584,18 @@ There's no way to know how many octets are supposed to be here.
             if let Ok(m) = parse(&data) {
                 parsed += 1;
                 // What parses must also serialize and parse again.
-                let bytes = match &m {
-                    Message::Request(r) => r.to_bytes(),
-                    Message::Response(r) => r.to_bytes(),
+                let (bytes, common) = match &m {
+                    Message::Request(r) => (r.to_bytes(), &r.common),
+                    Message::Response(r) => (r.to_bytes(), &r.common),
                 };
-                let _ = parse(&bytes);
+                let again = match parse(&bytes) {
+                    Ok(Message::Request(r)) => r.common,
+                    Ok(Message::Response(r)) => r.common,
+                    Err(e) => panic!("{e}: {}", String::from_utf8_lossy(&bytes)),
+                };
+                assert_eq!(&again.call_id, &common.call_id);
+                assert_eq!(&again.cseq, &common.cseq);
+                assert_eq!(again.via.len(), common.via.len());
             }
         }
         assert!(

@@ -128,8 +128,8 @@ pub struct CallRecord {
     pub started_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// `ringing`, `answered` (in progress or ended normally), `completed` (ended by the IVR),
-    /// `transferred`, `cancelled`, `rejected`, `failed`.
+    /// `ringing`, `answered` (in progress or ended by the caller), `completed` (ended by the hub),
+    /// `transferred`, `cancelled`, `failed`.
     pub outcome: String,
     /// DTMF digits the caller pressed, in order.
     pub digits: String,
