@@ -53,11 +53,7 @@ async fn finish_outage(
         Change::Updated => EventKind::OutageUpdated,
         Change::Closed => EventKind::OutageClosed,
     };
-    let tenant = crate::storage::tenants::get(&mut tx, outage.tenant_id).await?;
-    let point = match outage.supply_point_id {
-        Some(id) => Some(crate::storage::network::get(&mut tx, id).await?.external_id),
-        None => None,
-    };
+    let info = outage_info(&mut tx, &outage).await?;
     let action = match change {
         Change::Opened => "create",
         Change::Closed => "close",
@@ -72,14 +68,45 @@ async fn finish_outage(
         serde_json::to_value(&outage).unwrap_or_default(),
     )
     .await?;
-    let event = state.bus.event(
-        source,
-        kind(outages::info(&outage, &tenant.external_id, point)),
-    );
+    let event = state.bus.event(source, kind(info));
     events::append(&mut tx, &event).await?;
     tx.commit().await?;
     state.bus.publish(event);
     Ok((outage, change))
+}
+
+/// Journals and publishes an outage change stored elsewhere (an import, in its own transaction).
+pub async fn announce_outage(
+    state: &AppState,
+    source: &str,
+    outage: &Outage,
+    change: Change,
+) -> Result<(), StorageError> {
+    let kind = match change {
+        Change::Unchanged => return Ok(()),
+        Change::Opened => EventKind::OutageOpened,
+        Change::Updated => EventKind::OutageUpdated,
+        Change::Closed => EventKind::OutageClosed,
+    };
+    let mut tx = state.db.pool.begin().await?;
+    let info = outage_info(&mut tx, outage).await?;
+    let event = state.bus.event(source, kind(info));
+    events::append(&mut tx, &event).await?;
+    tx.commit().await?;
+    state.bus.publish(event);
+    Ok(())
+}
+
+async fn outage_info(
+    conn: &mut sqlx::AnyConnection,
+    outage: &Outage,
+) -> Result<rules::OutageInfo, StorageError> {
+    let tenant = crate::storage::tenants::get(conn, outage.tenant_id).await?;
+    let point = match outage.supply_point_id {
+        Some(id) => Some(crate::storage::network::get(conn, id).await?.external_id),
+        None => None,
+    };
+    Ok(outages::info(outage, &tenant.external_id, point))
 }
 
 /// Stores a reading (history and last value) and then publishes it: a reading is persisted before it

@@ -20,7 +20,7 @@ use crate::storage::{Db, StorageError, audit, consumers, network, sensors, sites
 
 names! {
     /// What a file holds.
-    pub enum ImportKind { Sites = "sites", Network = "network", Consumers = "consumers", Sensors = "sensors" }
+    pub enum ImportKind { Sites = "sites", Network = "network", Consumers = "consumers", Sensors = "sensors", Outages = "outages" }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +76,20 @@ pub struct ImportReport {
     /// Rows written (0 when a bad row stopped the import).
     pub imported: usize,
     pub errors: Vec<RowError>,
+    /// Outages created, updated or closed, for the caller to announce on the bus once committed.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub outages: Vec<(
+        crate::storage::outages::Outage,
+        crate::storage::outages::Change,
+    )>,
 }
 
 /// CSV columns holding `;`-separated lists.
 fn list_columns(kind: ImportKind) -> &'static [&'static str] {
     match kind {
         ImportKind::Sites | ImportKind::Sensors => &[],
+        ImportKind::Outages => &["sites"],
         ImportKind::Network => &["feeds_points", "feeds_sites"],
         ImportKind::Consumers => &["phones", "preferred_channels", "opt_out", "sites"],
     }
@@ -314,6 +322,7 @@ pub async fn run(
         }
     };
     let mut imported = 0;
+    let mut changed = Vec::new();
     match kind {
         ImportKind::Sites => {
             let items = typed::<NewSite>(file, rows, &mut errors);
@@ -355,6 +364,20 @@ pub async fn run(
                 }
             }
         }
+        ImportKind::Outages => {
+            let items = typed::<crate::storage::outages::NewOutage>(file, rows, &mut errors);
+            for (line, o) in items {
+                match crate::storage::outages::upsert(&mut tx, &mut refs, &o).await {
+                    Ok((outage, change)) => {
+                        imported += 1;
+                        if change != crate::storage::outages::Change::Unchanged {
+                            changed.push((outage, change));
+                        }
+                    }
+                    Err(e) => errors.push(row_err(file, line, e)?),
+                }
+            }
+        }
         ImportKind::Consumers => {
             let items = typed::<NewConsumer>(file, rows, &mut errors);
             let items = reject_duplicates(
@@ -387,6 +410,7 @@ pub async fn run(
             rows: total,
             imported: 0,
             errors,
+            outages: Vec::new(),
         });
     }
     let details = serde_json::json!({"file": file, "rows": total, "imported": imported, "skipped": errors.len()});
@@ -397,6 +421,7 @@ pub async fn run(
         rows: total,
         imported,
         errors,
+        outages: changed,
     })
 }
 

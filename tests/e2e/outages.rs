@@ -190,3 +190,53 @@ async fn outages_are_idempotent_updated_closed_and_streamed() {
         .await
         .problem(404);
 }
+
+/// The CSV feed of a dispatch system: every row an outage, announced on the bus; a bad row names its
+/// line and field and imports nothing; a resend changes nothing.
+#[tokio::test]
+async fn outages_import_from_csv_with_line_errors_and_events() {
+    let (_env, hub, admin) = spawn_hub().await;
+    seed(&admin).await;
+    let mut stream = admin
+        .builder(reqwest::Method::GET, "/api/v1/events/stream")
+        .send()
+        .await
+        .expect("event stream");
+    let mut buf = String::new();
+    let bad = "tenant,external_id,kind,utility,supply_point,sites,reason,starts_at,expected_end\n\
+               t1,p-1,planned,hot_water,,rc-1;rc-2,Опрессовка,2026-12-01T08:00:00Z,2026-12-01T18:00:00Z\n\
+               t1,p-2,sometimes,heat,hp-1,,,2026-12-02T08:00:00Z,\n";
+    let res = admin
+        .post_raw("/api/v1/import/outages", Some("text/csv"), bad)
+        .await;
+    let problem = res.problem(422);
+    assert!(problem.to_string().contains("line 3: kind"), "{problem}");
+    assert!(
+        admin.get_ok("/api/v1/outages").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let good = bad.replace("sometimes", "emergency");
+    let report = admin
+        .post_raw("/api/v1/import/outages", Some("text/csv"), &good)
+        .await
+        .ok();
+    assert_eq!(report["imported"], 2, "{report}");
+    let opened = next_event(&mut stream, &mut buf, "outage_opened").await;
+    assert_eq!(opened["kind"]["external_id"], "p-1");
+    let list = admin.get_ok("/api/v1/outages").await;
+    assert_eq!(ids(&list).len(), 2, "{list}");
+    let p1 = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["external_id"] == "p-1")
+        .unwrap();
+    let affected = admin
+        .get_ok(&format!("/api/v1/outages/{}/affected", p1["id"]))
+        .await;
+    assert_eq!(affected["consumers_count"], 3, "both complexes: {affected}");
+    drop(hub);
+}

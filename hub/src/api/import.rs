@@ -40,10 +40,15 @@ async fn run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ImportReport>, ApiError> {
-    user.require(Permission::ManageModel)?;
     let kind: ImportKind = kind
         .parse()
         .map_err(|e: String| ApiError::field("kind", e))?;
+    // Outage records are dispatchers' work; the model (sites, network, consumers, sensors) engineers'.
+    user.require(if kind == ImportKind::Outages {
+        Permission::ManageOutages
+    } else {
+        Permission::ManageModel
+    })?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -61,6 +66,9 @@ async fn run(
         tenant_scope: user.0.tenant_id,
     };
     let report = import::run(&s.db, kind, format, "upload", text, &opts).await?;
+    for (outage, change) in &report.outages {
+        crate::actions::announce_outage(&s, "import", outage, *change).await?;
+    }
     if !report.errors.is_empty() && !q.skip_invalid {
         return Err(ApiError::Invalid(
             report
