@@ -267,13 +267,38 @@ pub async fn record_readings(
             *e = (*at, *value);
         }
     }
-    for (sensor, (at, value)) in last {
-        sqlx::query("UPDATE sensors SET last_value = $1, last_at = $2 WHERE id = $3 AND (last_at IS NULL OR last_at <= $2)")
-            .bind(value)
-            .bind(at)
-            .bind(sensor)
-            .execute(&mut *conn)
-            .await?;
+    // One statement for all the batch's sensors: a round trip per sensor would cost more than the
+    // whole INSERT.
+    let last: Vec<(i64, (i64, f64))> = last.into_iter().collect();
+    let sqlite = conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
+    for chunk in last.chunks(READINGS_PER_STATEMENT) {
+        let mut values = String::with_capacity(chunk.len() * 64);
+        for i in 0..chunk.len() {
+            if i > 0 {
+                values.push_str(", ");
+            }
+            if sqlite {
+                values.push_str("(?, ?, ?)");
+            } else {
+                let n = i * 3;
+                values.push_str(&format!(
+                    "(CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS DOUBLE PRECISION))",
+                    n + 1,
+                    n + 2,
+                    n + 3
+                ));
+            }
+        }
+        let sql = format!(
+            "WITH v(id, at, value) AS (VALUES {values})
+             UPDATE sensors SET last_value = v.value, last_at = v.at FROM v
+             WHERE sensors.id = v.id AND (sensors.last_at IS NULL OR sensors.last_at <= v.at)"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (sensor, (at, value)) in chunk {
+            q = q.bind(*sensor).bind(*at).bind(*value);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
