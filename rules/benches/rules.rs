@@ -167,7 +167,7 @@ fn events(sensors: &[String], n: usize) -> Vec<Event> {
         .map(|i| {
             let sensor = sensors[(rng.next() % sensors.len() as u64) as usize].clone();
             // Mostly normal values, now and then a low one.
-            let value = if rng.next() % 50 == 0 {
+            let value = if rng.next().is_multiple_of(50) {
                 1.5
             } else {
                 4.0 + (rng.next() % 100) as f64
