@@ -58,6 +58,9 @@ pub struct Config {
     /// The built-in telephony core: SIP, RTP, IVR (`docs/telephony.md`).
     #[serde(default)]
     pub telephony: crate::telephony::TelephonyConfig,
+    /// Alarm escalation policies by severity (`docs/alarms.md`).
+    #[serde(default)]
+    pub alarms: crate::alarms::AlarmsConfig,
 }
 
 /// `[mqtt_broker]`

@@ -3,6 +3,7 @@
 //! and UI, and (as their issues land) connectors, rules, campaigns and telephony.
 
 pub mod actions;
+pub mod alarms;
 pub mod api;
 pub mod auth;
 pub mod bus;
@@ -89,6 +90,18 @@ pub async fn run(
     let tasks = tokio_util::task::TaskTracker::new();
     start_connectors(&mut state, &config, &tasks, &shutdown).await?;
 
+    tasks.spawn({
+        let (escalator, state, shutdown) = (
+            alarms::Escalator::new(config.alarms.clone()),
+            state.clone(),
+            shutdown.clone(),
+        );
+        async move {
+            if let Err(e) = escalator.run(state, shutdown).await {
+                tracing::error!(error = %e, "alarm escalation stopped");
+            }
+        }
+    });
     tasks.spawn(trim_readings(
         db.clone(),
         config.database.readings_retention_days,

@@ -89,6 +89,33 @@ pub struct AlarmInfo {
     pub message: String,
     pub count: i64,
     pub by: Option<String>,
+    /// `active`, `acknowledged` or `cleared`.
+    #[serde(default)]
+    pub state: String,
+    /// External id of the tenant, if the alarm has one.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// External ids of what the alarm is about.
+    #[serde(default)]
+    pub sensor: Option<String>,
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub supply_point: Option<String>,
+    /// The upstream alarm that explains this one (it is not escalated meanwhile).
+    #[serde(default)]
+    pub inhibited_by: Option<i64>,
+    /// Shelved (hidden from the active list, not escalated) until then.
+    #[serde(default)]
+    pub shelved_until: Option<DateTime<Utc>>,
+    /// A planned outage covers it: shown, not escalated.
+    #[serde(default)]
+    pub in_maintenance: bool,
+    #[serde(default)]
+    pub acknowledged_by: Option<String>,
+    /// The acknowledgement's comment or the reason it was cleared.
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 #[cfg(test)]

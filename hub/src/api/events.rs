@@ -17,7 +17,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Every event on the bus as it happens (`event:` is its kind, `data:` the JSON event). Readings are
 /// included; a client that cannot keep up misses the oldest (counted in `hub_bus_lagged_total`).
-/// A user bound to one tenant receives only the events that name that tenant (outages).
+/// A user bound to one tenant receives only the events that name that tenant (outages, alarms).
 #[utoipa::path(get, path = "/events/stream", tag = "events", responses((status = 200, content_type = "text/event-stream")))]
 async fn stream(
     State(s): State<AppState>,
@@ -58,12 +58,12 @@ fn visible(kind: &EventKind, only_tenant: Option<&str>) -> bool {
         EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
             o.tenant == own
         }
+        EventKind::AlarmRaised(a) | EventKind::AlarmAcknowledged(a) | EventKind::AlarmCleared(a) => {
+            a.tenant.as_deref() == Some(own)
+        }
         EventKind::Reading { .. }
         | EventKind::SensorOffline { .. }
         | EventKind::SensorOnline { .. }
-        | EventKind::AlarmRaised(_)
-        | EventKind::AlarmAcknowledged(_)
-        | EventKind::AlarmCleared(_)
         | EventKind::Tick { .. } => false,
     }
 }

@@ -2,6 +2,7 @@
 //! merged by `app(state)` so tests can call it without a socket. Errors are RFC 9457 problem details;
 //! every endpoint but the health checks needs a session cookie or a bearer token.
 
+pub mod alarms;
 pub mod auth;
 pub mod calls;
 pub mod connectors;
@@ -141,6 +142,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(connectors::router())
         .merge(calls::router())
+        .merge(alarms::router())
 }
 
 /// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as

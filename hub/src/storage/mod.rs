@@ -3,6 +3,7 @@
 //! for both back-ends: `$N` placeholders (`?` only in big multi-row statements on SQLite, see
 //! `placeholders`), `ON CONFLICT` upserts, times as UTC milliseconds, flags as 0/1.
 
+pub mod alarms;
 pub mod audit;
 pub mod consumers;
 pub mod events;
