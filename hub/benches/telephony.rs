@@ -1,0 +1,239 @@
+//! Telephony benchmark: SIPp places many concurrent calls on the telephony core (started in-process on
+//! a fresh SQLite database, as `hub serve` starts it); every call's RTP goes to one socket of this
+//! program, which measures what callers would hear: packets received against expected, and the gaps
+//! between consecutive packets of each stream (20 ms is perfect pacing). Also: peak calls in the core,
+//! SIPp's verdict, and the CPU time of this process (the core, media tasks and the RTP sink).
+//!
+//! `cargo bench -p hub --bench telephony`. Needs `sipp` (Debian `sip-tester`) and `espeak-ng`.
+//! Environment: `HUB_BENCH_CALLS` (default 500), `HUB_BENCH_CALL_SECONDS` (default 10),
+//! `HUB_BENCH_RATE` (new calls per second, default 100).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hub::telephony::TelephonyConfig;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+fn env_size(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("{name}={v}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// CPU seconds (user + system) of this process so far, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| f.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+struct Sink {
+    packets: u64,
+    streams: usize,
+    gaps_ms: Vec<f64>,
+}
+
+/// Counts RTP per SSRC until `stop`, keeping the gap between consecutive packets of each stream.
+async fn sink(socket: UdpSocket, stop: CancellationToken) -> Sink {
+    let mut last: HashMap<u32, Instant> = HashMap::new();
+    let mut gaps_ms = Vec::with_capacity(1 << 20);
+    let mut packets = 0u64;
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => break,
+            got = socket.recv(&mut buf) => match got { Ok(n) => n, Err(_) => continue },
+        };
+        if n < 12 {
+            continue;
+        }
+        let now = Instant::now();
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        packets += 1;
+        if let Some(prev) = last.insert(ssrc, now) {
+            gaps_ms.push((now - prev).as_secs_f64() * 1000.0);
+        }
+    }
+    Sink {
+        packets,
+        streams: last.len(),
+        gaps_ms,
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let calls = env_size("HUB_BENCH_CALLS", 500)?.max(1);
+    let seconds = env_size("HUB_BENCH_CALL_SECONDS", 10)?.max(1);
+    let rate = env_size("HUB_BENCH_RATE", 100)?.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(calls, seconds, rate))
+}
+
+async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = hub::testing::fresh_database_url(dir.path()).await;
+    let db = hub::storage::Db::connect(&url, 8).await?;
+    db.migrate().await?;
+    let config = TelephonyConfig {
+        listen: "127.0.0.1:0".parse()?,
+        rtp_port_min: 30000,
+        rtp_port_max: 30000 + 2 * (calls as u16).saturating_add(50),
+        max_calls: calls + 10,
+        max_call_seconds: 0,
+        prompts_dir: dir.path().join("prompts"),
+        ..TelephonyConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let metrics = Arc::new(hub::metrics::Metrics::default());
+    let phone = hub::telephony::start(
+        &config,
+        db.clone(),
+        hub::network::NetworkCache::default(),
+        metrics.clone(),
+        &tasks,
+        shutdown.clone(),
+    )
+    .await?;
+    // Let the menu's prompts render first, as they do at a real start.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let media = UdpSocket::bind("127.0.0.1:0").await?;
+    let media_port = media.local_addr()?.port();
+    let stop_sink = CancellationToken::new();
+    let sink_task = tokio::spawn(sink(media, stop_sink.clone()));
+
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let (phone, peak, stop) = (phone.clone(), peak.clone(), stop_sink.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(active) = phone.active_calls().await {
+                    peak.fetch_max(active.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sipp/call.xml");
+    let cpu0 = cpu_seconds();
+    let started = Instant::now();
+    let out = tokio::process::Command::new("sipp")
+        .current_dir(dir.path())
+        .arg("-sf")
+        .arg(&scenario)
+        .args(["-key", "caller", "+79990000000"])
+        .args(["-key", "rtp_port", &media_port.to_string()])
+        .args(["-d", &(seconds * 1000).to_string()])
+        .args(["-m", &calls.to_string(), "-l", &calls.to_string()])
+        .args(["-r", &rate.to_string()])
+        .args([
+            "-nostdin",
+            "-timeout",
+            &(seconds * 4 + calls / rate + 30).to_string(),
+        ])
+        .args(["-i", "127.0.0.1", "-trace_err"])
+        .arg(phone.sip_addr().to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run sipp (Debian package sip-tester)")?;
+    let wall = started.elapsed();
+    // The last packets are already in flight when the last BYE is answered.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu = cpu_seconds() - cpu0;
+    stop_sink.cancel();
+    let s = sink_task.await?;
+    sampler.await?;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+
+    let mut gaps = s.gaps_ms;
+    gaps.sort_by(f64::total_cmp);
+    let expected = (calls * seconds * 50) as f64;
+    let late = gaps.iter().filter(|g| **g > 40.0).count();
+    let answered = metrics.get("hub_telephony_calls_answered_total", &[]);
+    println!("telephony: {calls} calls of {seconds} s, {rate} new calls/s, SIPp on loopback");
+    println!(
+        "{:<38} {:>12}",
+        "wall time (s)",
+        format!("{:.1}", wall.as_secs_f64())
+    );
+    println!("{:<38} {:>12}", "calls answered", answered);
+    println!(
+        "{:<38} {:>12}",
+        "peak calls in the core",
+        peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!("{:<38} {:>12}", "RTP streams seen", s.streams);
+    println!(
+        "{:<38} {:>12}",
+        "RTP packets received / expected",
+        format!("{} / {:.0}", s.packets, expected)
+    );
+    for (name, p) in [("p50", 50.0), ("p99", 99.0), ("p99.9", 99.9)] {
+        println!(
+            "{:<38} {:>12.2}",
+            format!("gap between packets {name} (ms)"),
+            percentile(&gaps, p)
+        );
+    }
+    println!(
+        "{:<38} {:>12.2}",
+        "gap between packets max (ms)",
+        gaps.last().copied().unwrap_or(0.0)
+    );
+    println!("{:<38} {:>12}", "gaps over 40 ms", late);
+    println!(
+        "{:<38} {:>12}",
+        "CPU of the hub process (% of one core)",
+        format!("{:.0}", cpu / wall.as_secs_f64() * 100.0)
+    );
+    if !out.status.success() {
+        bail!(
+            "sipp: {} (not every call succeeded)\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    if answered < calls as u64 || s.streams < calls {
+        bail!(
+            "{answered} calls answered, {} streams, of {calls}",
+            s.streams
+        );
+    }
+    Ok(())
+}
