@@ -884,3 +884,435 @@ impl Escalator {
         Ok(sent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::names::Role;
+
+    /// Tenant `t1`: boiler house `bh` feeds heat point `hp`, which feeds complex `rc`; sensor `hp.p`
+    /// sits on `hp`. Returns the state and the ids of `bh` and `hp`.
+    async fn world() -> (AppState, tempfile::TempDir) {
+        let (_app, state, _token, dir) = crate::api::test_app(Role::Dispatcher).await;
+        let mut c = state.db.conn().await.unwrap();
+        let t = serde_json::from_value(
+            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+        drop(c);
+        let opts = ImportOptions {
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let files = [
+            (
+                ImportKind::Sites,
+                "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\n",
+            ),
+            (
+                ImportKind::Network,
+                "tenant,external_id,kind,name,site,feeds_points,feeds_sites\nt1,hp,heat_point,HP,,,rc\nt1,bh,boiler_house,BH,,hp,\n",
+            ),
+            (
+                ImportKind::Sensors,
+                "tenant,external_id,kind,unit,site,supply_point,offline_after_s\nt1,hp.p,pressure,bar,,hp,300\n",
+            ),
+        ];
+        for (kind, text) in files {
+            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
+                .await
+                .unwrap();
+            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
+        }
+        (state, dir)
+    }
+
+    fn spec(key: &str, severity: AlarmSeverity) -> AlarmSpec {
+        AlarmSpec {
+            key: key.into(),
+            severity,
+            message: format!("{key} is bad"),
+            tenant: Some("t1".into()),
+            sensor: None,
+            site: None,
+            supply_point: None,
+        }
+    }
+
+    fn on_point(key: &str, point: &str) -> AlarmSpec {
+        AlarmSpec {
+            supply_point: Some(point.into()),
+            ..spec(key, AlarmSeverity::Critical)
+        }
+    }
+
+    async fn reload(state: &AppState, id: i64) -> Alarm {
+        store::get(&mut state.db.conn().await.unwrap(), id)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_repeat_counts_and_does_not_notify_again() {
+        let (state, _d) = world().await;
+        let mut sub = state.bus.subscribe("test");
+        let (first, new) = raise(&state, "rule:p", &spec("p:hp", AlarmSeverity::Critical))
+            .await
+            .unwrap();
+        assert!(new);
+        let mut again = spec("p:hp", AlarmSeverity::Critical);
+        again.message = "still bad".into();
+        let (second, new) = raise(&state, "rule:p", &again).await.unwrap();
+        assert!(!new);
+        assert_eq!(
+            (second.id, second.count, second.message.as_str()),
+            (first.id, 2, "still bad")
+        );
+        for count in [1, 2] {
+            let e = sub.recv().await.unwrap();
+            assert!(
+                matches!(&e.kind, EventKind::AlarmRaised(a) if a.count == count && a.tenant.as_deref() == Some("t1"))
+            );
+        }
+        let esc = Escalator::new(state.config.alarms.clone());
+        let sent = esc
+            .step(&state, first.raised_at + chrono::Duration::minutes(6))
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 1, "one alarm, one notification: {sent:?}");
+        // Cleared, the same key is a new alarm.
+        clear(&state, "rule:p", AlarmRef::Key("p:hp"), Some("normal"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            clear(&state, "rule:p", AlarmRef::Key("p:hp"), None)
+                .await
+                .unwrap()
+                .is_none(),
+            "clearing what is not raised is a no-op"
+        );
+        let (third, new) = raise(&state, "rule:p", &spec("p:hp", AlarmSeverity::Critical))
+            .await
+            .unwrap();
+        assert!(new && third.id != first.id && third.count == 1);
+    }
+
+    #[tokio::test]
+    async fn acknowledge_shelve_and_clear_keep_who_when_and_why() {
+        let (state, _d) = world().await;
+        let (a, _) = raise(&state, "disp", &spec("k", AlarmSeverity::Major))
+            .await
+            .unwrap();
+        let acked = acknowledge(&state, "ivanova", a.id, "crew sent")
+            .await
+            .unwrap();
+        assert_eq!(acked.state, AlarmState::Acknowledged);
+        assert_eq!(acked.acknowledged_by.as_deref(), Some("ivanova"));
+        assert_eq!(acked.ack_comment.as_deref(), Some("crew sent"));
+        assert!(acked.acknowledged_at.is_some() && acked.next_escalation_at.is_none());
+        let twice = acknowledge(&state, "petrov", a.id, "").await.unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            format!("state: alarm {} is acknowledged, not active", a.id)
+        );
+
+        let until = Utc::now() + chrono::Duration::minutes(30);
+        let shelved = shelve(&state, "ivanova", a.id, until, "night")
+            .await
+            .unwrap();
+        assert!(shelved.is_shelved(Utc::now()));
+        let cleared = clear(&state, "petrov", AlarmRef::Id(a.id), Some("repaired"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cleared.state, AlarmState::Cleared);
+        assert_eq!(cleared.cleared_by.as_deref(), Some("petrov"));
+        assert_eq!(cleared.clear_reason.as_deref(), Some("repaired"));
+        let again = clear(&state, "petrov", AlarmRef::Id(a.id), None)
+            .await
+            .unwrap_err();
+        assert!(again.to_string().contains("already cleared"), "{again}");
+        let history = store::history(&mut state.db.conn().await.unwrap(), a.id)
+            .await
+            .unwrap();
+        let actions: Vec<_> = history
+            .iter()
+            .map(|h| (h.action.as_str(), h.actor.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("raised", "disp"),
+                ("acknowledged", "ivanova"),
+                ("shelved", "ivanova"),
+                ("cleared", "petrov")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn escalation_repeats_stops_on_ack_and_resumes_after_a_restart() {
+        let (state, _d) = world().await;
+        let (a, _) = raise(&state, "rule:p", &spec("k", AlarmSeverity::Critical))
+            .await
+            .unwrap();
+        let at = |m: i64| a.raised_at + chrono::Duration::minutes(m);
+        let esc = Escalator::new(state.config.alarms.clone());
+        assert!(
+            esc.step(&state, at(4)).await.unwrap().is_empty(),
+            "5 minutes not up yet"
+        );
+        let sent = esc.step(&state, at(5)).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].recipient, "on_duty_engineer");
+        assert_eq!(sent[0].channels, ["sms", "voice"]);
+        assert_eq!(
+            (sent[0].alarm_id, sent[0].status.as_str()),
+            (Some(a.id), "pending")
+        );
+        assert!(esc.step(&state, at(19)).await.unwrap().is_empty());
+
+        // A new escalator over the same database: the state was in the rows, not in memory.
+        let restarted = Escalator::new(state.config.alarms.clone());
+        let sent = restarted.step(&state, at(20)).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].recipient, "chief_engineer");
+        assert!(restarted.step(&state, at(49)).await.unwrap().is_empty());
+        let sent = restarted.step(&state, at(50)).await.unwrap();
+        assert_eq!(
+            sent[0].recipient, "chief_engineer",
+            "the last level again every 30 min"
+        );
+
+        acknowledge(&state, "ivanova", a.id, "on it").await.unwrap();
+        assert!(
+            restarted.step(&state, at(500)).await.unwrap().is_empty(),
+            "ack stops it"
+        );
+        let outbox = store::notifications(
+            &mut state.db.conn().await.unwrap(),
+            None,
+            Some(a.id),
+            crate::storage::PageRequest::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outbox.len(), 3);
+        let journal = crate::storage::events::recent(&mut state.db.conn().await.unwrap(), 50)
+            .await
+            .unwrap();
+        assert_eq!(
+            journal
+                .iter()
+                .filter(|(k, _)| k == "staff_notification")
+                .count(),
+            3
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shelved_alarm_waits_for_the_shelf_to_end() {
+        let (state, _d) = world().await;
+        let (a, _) = raise(&state, "rule:p", &spec("k", AlarmSeverity::Critical))
+            .await
+            .unwrap();
+        let until = Utc::now() + chrono::Duration::minutes(60);
+        shelve(&state, "ivanova", a.id, until, "").await.unwrap();
+        let esc = Escalator::new(state.config.alarms.clone());
+        assert!(
+            esc.step(&state, a.raised_at + chrono::Duration::minutes(10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            esc.step(&state, until + chrono::Duration::minutes(4))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            esc.step(&state, until + chrono::Duration::minutes(5))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_alarm_inhibits_downstream_ones_until_it_clears() {
+        let (state, _d) = world().await;
+        let (child, _) = raise(&state, "rule:p", &on_point("hp down", "hp"))
+            .await
+            .unwrap();
+        let sensor = AlarmSpec {
+            sensor: Some("hp.p".into()),
+            tenant: None,
+            ..spec("hp.p low", AlarmSeverity::Major)
+        };
+        let (by_sensor, _) = raise(&state, "rule:p", &sensor).await.unwrap();
+        assert_eq!(
+            by_sensor.tenant.as_deref(),
+            Some("t1"),
+            "the sensor's tenant"
+        );
+        assert_eq!(child.inhibited_by, None);
+
+        let (parent, _) = raise(&state, "rule:p", &on_point("bh down", "bh"))
+            .await
+            .unwrap();
+        assert_eq!(
+            parent.inhibited_by, None,
+            "nothing is upstream of the boiler house"
+        );
+        for id in [child.id, by_sensor.id] {
+            let a = reload(&state, id).await;
+            assert_eq!(a.inhibited_by, Some(parent.id), "{}", a.key);
+            assert_eq!(a.next_escalation_at, None);
+        }
+        let esc = Escalator::new(state.config.alarms.clone());
+        let later = Utc::now() + chrono::Duration::minutes(20);
+        let sent = esc.step(&state, later).await.unwrap();
+        assert_eq!(
+            sent.iter().map(|n| n.alarm_id).collect::<Vec<_>>(),
+            [Some(parent.id)],
+            "only the root cause escalates"
+        );
+
+        clear(&state, "ivanova", AlarmRef::Id(parent.id), Some("restored"))
+            .await
+            .unwrap();
+        let released = reload(&state, child.id).await;
+        assert_eq!(released.inhibited_by, None);
+        let next = released.next_escalation_at.unwrap();
+        assert!(
+            next > Utc::now() + chrono::Duration::minutes(4),
+            "escalates from the release on"
+        );
+        let sent = esc.step(&state, next).await.unwrap();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].alarm_id, Some(child.id));
+    }
+
+    #[tokio::test]
+    async fn a_planned_outage_suppresses_escalation_without_hiding() {
+        let (state, _d) = world().await;
+        let (a, _) = raise(&state, "rule:p", &on_point("hp down", "hp"))
+            .await
+            .unwrap();
+        let (elsewhere, _) = raise(&state, "rule:p", &spec("other", AlarmSeverity::Critical))
+            .await
+            .unwrap();
+        let planned: crate::storage::outages::NewOutage =
+            serde_json::from_value(serde_json::json!({
+                "tenant": "t1", "external_id": "m-1", "kind": "planned", "utility": "heat",
+                "supply_point": "bh", "starts_at": Utc::now() - chrono::Duration::minutes(1),
+                "expected_end": Utc::now() + chrono::Duration::hours(2),
+            }))
+            .unwrap();
+        let (outage, _) = crate::actions::record_outage(&state, "test", "api", None, &planned)
+            .await
+            .unwrap();
+        let esc = Escalator::new(state.config.alarms.clone());
+        let sent = esc
+            .step(&state, Utc::now() + chrono::Duration::minutes(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            sent.iter().map(|n| n.alarm_id).collect::<Vec<_>>(),
+            [Some(elsewhere.id)]
+        );
+        let held = reload(&state, a.id).await;
+        assert!(held.in_maintenance && held.state == AlarmState::Active);
+        let open = store::list(
+            &mut state.db.conn().await.unwrap(),
+            &store::AlarmFilter {
+                state: Some(store::StateFilter::Active),
+                ..Default::default()
+            },
+            crate::storage::PageRequest::default(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        assert!(open.iter().any(|x| x.id == a.id), "still listed as active");
+
+        crate::actions::close_outage(&state, "test", "api", outage.id, None)
+            .await
+            .unwrap();
+        let sent = esc
+            .step(&state, Utc::now() + chrono::Duration::minutes(11))
+            .await
+            .unwrap();
+        assert_eq!(
+            sent.iter().map(|n| n.alarm_id).collect::<Vec<_>>(),
+            [Some(a.id)]
+        );
+        assert!(!reload(&state, a.id).await.in_maintenance);
+    }
+
+    #[tokio::test]
+    async fn notify_staff_queues_a_journaled_notification() {
+        let (state, _d) = world().await;
+        let n = notify_staff(&state, Some("t1"), "on_duty_engineer", "check hp")
+            .await
+            .unwrap();
+        assert_eq!(
+            (n.recipient.as_str(), n.channels.as_slice()),
+            ("on_duty_engineer", ["sms".to_owned()].as_slice())
+        );
+        assert!(n.tenant_id.is_some() && n.alarm_id.is_none());
+        let e = notify_staff(&state, Some("nope"), "x", "y")
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "tenant: no tenant `nope`");
+    }
+
+    #[test]
+    fn the_spec_mirrors_the_rules_action() {
+        let action = Action::RaiseAlarm {
+            key: "k".into(),
+            severity: rules::Severity::Minor,
+            message: "m".into(),
+            tenant: Some("t1".into()),
+            sensor: None,
+            site: Some(rules::SiteRef {
+                tenant: "t1".into(),
+                site: "rc".into(),
+            }),
+            supply_point: Some("hp".into()),
+        };
+        let s = AlarmSpec::from_action(&action).unwrap();
+        assert_eq!(s.severity, AlarmSeverity::Minor);
+        assert_eq!(s.site.unwrap().site, "rc");
+        assert!(
+            AlarmSpec::from_action(&Action::ClearAlarm {
+                key: "k".into(),
+                reason: None
+            })
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn policies_walk_the_levels_then_repeat() {
+        let p = EscalationPolicy::default();
+        assert_eq!(p.delay(0), Some(chrono::Duration::minutes(5)));
+        assert_eq!(p.delay(1), Some(chrono::Duration::minutes(15)));
+        assert_eq!(p.delay(2), Some(chrono::Duration::minutes(30)));
+        assert_eq!(
+            (p.recipient(0), p.recipient(5)),
+            (Some("on_duty_engineer"), Some("chief_engineer"))
+        );
+        assert_eq!(
+            AlarmsConfig::default().warning.delay(0),
+            None,
+            "warnings never escalate"
+        );
+        assert_eq!(AlarmsConfig::default().minor.delay(1), None, "minor: once");
+    }
+}
