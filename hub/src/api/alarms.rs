@@ -431,3 +431,177 @@ fn to_csv(log: &[Incident]) -> Result<Vec<u8>, csv::Error> {
     }
     w.into_inner().map_err(|e| e.into_error().into())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::names::Role;
+
+    async fn call(
+        app: &axum::Router,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    async fn with_tenant(state: &crate::api::AppState) {
+        let t =
+            serde_json::from_value(json!({"external_id": "t1", "name": "T", "kind": "supplier"}))
+                .unwrap();
+        crate::storage::tenants::upsert(&mut state.db.conn().await.unwrap(), &t)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_raises_acknowledges_and_the_log_shows_it() {
+        let (app, state, token, _d) = crate::api::test_app(Role::Dispatcher).await;
+        with_tenant(&state).await;
+        let raise = json!({"key": "manual:1", "severity": "major", "message": "smell of gas", "tenant": "t1"});
+        let (status, body) = call(&app, &token, "POST", "/api/v1/alarms", Some(raise)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let alarm: Value = serde_json::from_str(&body).unwrap();
+        let id = alarm["id"].as_i64().unwrap();
+        assert_eq!(
+            (alarm["state"].as_str(), alarm["count"].as_i64()),
+            (Some("active"), Some(1))
+        );
+
+        let (status, body) = call(&app, &token, "GET", "/api/v1/alarms?state=active", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("smell of gas"), "{body}");
+
+        let ack = json!({"comment": "crew 3 sent"});
+        let uri = format!("/api/v1/alarms/{id}/acknowledge");
+        let (status, body) = call(&app, &token, "POST", &uri, Some(ack.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(&app, &token, "POST", &uri, Some(ack)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("\"field\":\"state\""), "{body}");
+
+        let (_, body) = call(&app, &token, "GET", &format!("/api/v1/alarms/{id}"), None).await;
+        let detail: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(detail["acknowledged_by"], "u");
+        assert_eq!(detail["ack_comment"], "crew 3 sent");
+        assert_eq!(detail["history"][1]["action"], "acknowledged");
+
+        let (status, _) = call(
+            &app,
+            &token,
+            "POST",
+            &format!("/api/v1/alarms/{id}/clear"),
+            Some(json!({"comment": "aired"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, csv) = call(&app, &token, "GET", "/api/v1/incidents?format=csv", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some(super::INCIDENT_COLUMNS.join(",").as_str())
+        );
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with(&format!("alarm,{id},t1,major,manual:1,smell of gas,")),
+            "{row}"
+        );
+        assert!(
+            row.contains(",u,crew 3 sent,") && row.contains(",u,aired,"),
+            "{row}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_requests_are_problems_and_viewers_may_only_read() {
+        let (app, state, token, _d) = crate::api::test_app(Role::Dispatcher).await;
+        with_tenant(&state).await;
+        for (body, field) in [
+            (
+                json!({"key": "", "severity": "major", "message": "x"}),
+                "key",
+            ),
+            (
+                json!({"key": "k", "severity": "loud", "message": "x"}),
+                "severity",
+            ),
+            (
+                json!({"key": "k", "severity": "major", "message": "x", "tenant": "nope"}),
+                "tenant",
+            ),
+            (
+                json!({"key": "k", "severity": "major", "message": "x", "sensor": "nope"}),
+                "sensor",
+            ),
+        ] {
+            let (status, text) = call(&app, &token, "POST", "/api/v1/alarms", Some(body)).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+            assert!(text.contains(&format!("\"field\":\"{field}\"")), "{text}");
+        }
+        let (status, _) = call(
+            &app,
+            &token,
+            "POST",
+            "/api/v1/alarms/99/shelve",
+            Some(json!({"minutes": 0})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _) = call(
+            &app,
+            &token,
+            "POST",
+            "/api/v1/alarms/99/acknowledge",
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = call(&app, &token, "GET", "/api/v1/alarms?state=loud", None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (status, _) = call(
+            &app,
+            &token,
+            "GET",
+            "/api/v1/incidents?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+        let (viewer_app, vstate, viewer, _d2) = crate::api::test_app(Role::Viewer).await;
+        with_tenant(&vstate).await;
+        let (status, _) = call(
+            &viewer_app,
+            &viewer,
+            "POST",
+            "/api/v1/alarms",
+            Some(json!({"key": "k", "severity": "major", "message": "x"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = call(&viewer_app, &viewer, "GET", "/api/v1/notifications", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
