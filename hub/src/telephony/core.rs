@@ -755,6 +755,15 @@ impl Core {
         };
         let res = Response::to_request(&req, 200, "OK", None);
         self.respond(tx_key, &res, from, now).await;
+        // A BYE before the answer (not allowed, but seen): the INVITE still needs its final response.
+        if let Some(c) = self.calls.get(&key)
+            && c.phase == Phase::Ringing
+        {
+            let res =
+                Response::to_request(&c.invite, 487, "Request Terminated", Some(&c.local_tag));
+            let (invite_tx, source) = (c.invite_tx.clone(), c.source);
+            self.respond(&invite_tx, &res, source, now).await;
+        }
         let outcome = match self.calls.get(&key).map(|c| (c.phase, c.queue.is_some())) {
             Some((Phase::Answered, true)) => "transferred",
             Some((Phase::Answered, false)) => "answered",
