@@ -11,6 +11,9 @@ use crate::ConnectorError;
 
 use super::{MAX_READ_BITS, MAX_READ_REGISTERS};
 
+/// Longest interval, timeout or backoff accepted, in milliseconds (a day): longer ones are typos.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
+
 /// One Modbus TCP device (or one unit behind a Modbus TCP gateway) and the registers read from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,13 +247,16 @@ impl ModbusConfig {
         if self.port == 0 {
             errors.push("port: must not be 0".to_string());
         }
-        if self.poll_interval_ms == 0 {
-            errors.push("poll_interval_ms: must be greater than 0".to_string());
+        let day = MAX_DURATION_MS;
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > day {
+            errors.push(format!("poll_interval_ms: must be from 1 to {day} (a day)"));
         }
-        if self.timeout_ms == 0 {
-            errors.push("timeout_ms: must be greater than 0".to_string());
+        if self.timeout_ms == 0 || self.timeout_ms > day {
+            errors.push(format!("timeout_ms: must be from 1 to {day} (a day)"));
         }
-        if self.backoff_max_ms < self.poll_interval_ms {
+        if self.backoff_max_ms > day {
+            errors.push(format!("backoff_max_ms: must be at most {day} (a day)"));
+        } else if self.backoff_max_ms < self.poll_interval_ms {
             errors.push(format!(
                 "backoff_max_ms: must be at least poll_interval_ms ({})",
                 self.poll_interval_ms
@@ -426,7 +432,7 @@ mod tests {
             [
                 "host: must not be empty",
                 "port: must not be 0",
-                "timeout_ms: must be greater than 0",
+                "timeout_ms: must be from 1 to 86400000 (a day)",
                 "backoff_max_ms: must be at least poll_interval_ms (2000)",
                 "registers[1].sensor: \"a\" is already used by registers[0]",
                 "registers[1].scale: must be a finite number other than 0",
@@ -438,6 +444,14 @@ mod tests {
         assert_eq!(
             error(&config(vec![])),
             "registers: at least one register is needed"
+        );
+        let mut c = config(vec![register("a", Table::Holding, 0)]);
+        c.poll_interval_ms = MAX_DURATION_MS + 1;
+        c.backoff_max_ms = u64::MAX;
+        assert_eq!(
+            error(&c),
+            "poll_interval_ms: must be from 1 to 86400000 (a day); \
+             backoff_max_ms: must be at most 86400000 (a day)"
         );
     }
 

@@ -23,9 +23,9 @@ use tokio_modbus::{ExceptionCode, Slave};
 use crate::{Connector, ConnectorContext, ConnectorError, ConnectorStats, Ingest, Reading};
 
 pub use config::{
-    ModbusConfig, Order, RegisterConfig, Table, ValueType, default_backoff_max_ms, default_offset,
-    default_order, default_poll_interval_ms, default_port, default_scale, default_timeout_ms,
-    default_unit,
+    MAX_DURATION_MS, ModbusConfig, Order, RegisterConfig, Table, ValueType, default_backoff_max_ms,
+    default_offset, default_order, default_poll_interval_ms, default_port, default_scale,
+    default_timeout_ms, default_unit,
 };
 pub use decode::{decode, encode};
 pub use plan::{Batch, plan};
@@ -269,7 +269,6 @@ impl Connector for ModbusConnector {
             let outcome = tokio::select! {
                 biased;
                 () = ctx.shutdown.cancelled() => return Ok(()),
-                Some(req) = writes.recv() => run_step(&ctx, dev.write(req)).await,
                 () = sleep_until(dev.retry_at), if dev.retry_at.is_some() => {
                     dev.retry_at = None;
                     let r = run_step(&ctx, dev.poll()).await;
@@ -279,7 +278,13 @@ impl Connector for ModbusConnector {
                     }
                     r
                 }
-                _ = ticker.tick(), if dev.retry_at.is_none() => run_step(&ctx, dev.poll()).await,
+                _ = ticker.tick(), if dev.retry_at.is_none() => {
+                    match run_step(&ctx, dev.poll()).await {
+                        Ok(()) => queued_writes(&ctx, &mut dev, &mut writes).await,
+                        stop => stop,
+                    }
+                }
+                Some(req) = writes.recv() => run_step(&ctx, dev.write(req)).await,
             };
             match outcome {
                 Ok(()) | Err(Stop::Shutdown) => {}
@@ -305,6 +310,24 @@ async fn run_step(
     }
 }
 
+/// Carries out the writes that queued up during a poll before the next poll starts. A device
+/// slower than the interval keeps the ticker always ready, so waiting for an idle moment would
+/// starve writes; and a stream of writes cannot starve polls, as at most a queue's worth goes
+/// between two polls.
+async fn queued_writes(
+    ctx: &ConnectorContext,
+    dev: &mut Device,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+) -> Result<(), Stop> {
+    for _ in 0..WRITE_QUEUE_CAPACITY {
+        let Ok(req) = writes.try_recv() else {
+            break;
+        };
+        run_step(ctx, dev.write(req)).await?;
+    }
+    Ok(())
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at).await;
@@ -316,8 +339,10 @@ fn next_slot(start: Instant, interval: Duration, now: Instant) -> Instant {
     let elapsed = now.saturating_duration_since(start).as_nanos();
     let period = interval.as_nanos().max(1);
     let n = elapsed / period + 1;
-    let offset = u64::try_from(n * period).unwrap_or(u64::MAX);
-    start + Duration::from_nanos(offset)
+    u64::try_from(n * period)
+        .ok()
+        .and_then(|offset| start.checked_add(Duration::from_nanos(offset)))
+        .unwrap_or(now + interval)
 }
 
 impl Device {
