@@ -400,21 +400,21 @@ impl Device {
     async fn write(&mut self, req: WriteRequest) -> Result<(), Stop> {
         let WriteRequest { op, key, reply } = req;
         let info = Arc::clone(&self.info);
-        let label = &info.label;
+        let failed = |why: &str| {
+            Err(ConnectorError::WriteFailed(format!(
+                "{}: write {key}: {why}",
+                info.label
+            )))
+        };
         if self.retry_at.is_some() {
-            let why = &self.down_reason;
-            answer(
-                reply,
-                Err(ConnectorError::WriteFailed(format!(
-                    "{label} {key}: the device is offline ({why})"
-                ))),
-            );
+            let why = format!("the device is offline ({})", self.down_reason);
+            answer(reply, failed(&why));
             return Ok(());
         }
         let timeout = self.timeout;
         let result = match self.connection().await {
-            Ok(conn) => transact(timeout, &key, write_op(conn, &op)).await,
-            Err(e) => Err(e),
+            Ok(conn) => transact(timeout, &format!("write {key}"), write_op(conn, &op)).await,
+            Err(LinkDown(why)) => Err(LinkDown(format!("write {key}: {why}"))),
         };
         match result {
             Ok(Ok(())) => {
@@ -422,20 +422,16 @@ impl Device {
                 self.answered().await
             }
             Ok(Err(code)) => {
-                let reason = exception_reason(code);
-                answer(
-                    reply,
-                    Err(ConnectorError::WriteFailed(format!(
-                        "{label} {key}: {reason}"
-                    ))),
-                );
+                answer(reply, failed(&exception_reason(code)));
                 self.answered().await
             }
             Err(LinkDown(reason)) => {
+                // `reason` already names the write; the device's status says why it went down.
                 answer(
                     reply,
                     Err(ConnectorError::WriteFailed(format!(
-                        "{label} {key}: {reason}"
+                        "{}: {reason}",
+                        info.label
                     ))),
                 );
                 self.down(reason).await
