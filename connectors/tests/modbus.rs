@@ -439,17 +439,22 @@ async fn reconnection_backs_off_exponentially_up_to_the_max() {
     c.stop().await;
 }
 
-#[tokio::test]
-async fn a_silent_device_times_out_without_delaying_another() {
-    // Accepts, then never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let _hold = tokio::spawn(async move {
+/// A device that accepts connections and never answers.
+async fn silent_listener() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
         let mut open = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             open.push(stream);
         }
     });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_silent_device_times_out_without_delaying_another() {
+    let (silent_addr, _silent) = silent_listener().await;
     let device = every_type_device();
     let server = TestServer::start("127.0.0.1:0".parse().unwrap(), device.clone())
         .await
@@ -645,14 +650,7 @@ async fn shutdown_is_prompt_in_a_long_backoff_and_in_a_hung_request() {
         t0.elapsed()
     );
 
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let _hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            open.push(stream);
-        }
-    });
+    let (silent_addr, _silent) = silent_listener().await;
     let hung = start("hung", config(silent_addr, "timeout_ms = 60000", one));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let t0 = Instant::now();
