@@ -7,11 +7,18 @@ use axum::response::{IntoResponse, Response};
 use crate::api::AppState;
 
 /// Files of the UI, compiled in so the binary is all a user needs.
-const ASSETS: &[(&str, &str, &str)] = &[(
-    "index.html",
-    "text/html; charset=utf-8",
-    include_str!("../../dashboards/web/index.html"),
-)];
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../../dashboards/web/index.html"),
+    ),
+    (
+        "alarms.html",
+        "text/html; charset=utf-8",
+        include_str!("../../dashboards/web/alarms.html"),
+    ),
+];
 
 pub fn router() -> Router<AppState> {
     Router::new()

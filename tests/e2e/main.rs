@@ -8,6 +8,7 @@
 mod harness;
 
 mod affected;
+mod alarms;
 mod auth;
 mod bad_input;
 mod demo;
