@@ -374,9 +374,12 @@ pub async fn incident_log(
     let mut tenants: HashMap<i64, String> = HashMap::new();
     for (id,) in ids {
         let o = crate::storage::outages::get(conn, id).await?;
-        if !tenants.contains_key(&o.tenant_id) {
-            let t = crate::storage::tenants::get(conn, o.tenant_id).await?;
-            tenants.insert(o.tenant_id, t.external_id);
+        if let std::collections::hash_map::Entry::Vacant(e) = tenants.entry(o.tenant_id) {
+            e.insert(
+                crate::storage::tenants::get(conn, o.tenant_id)
+                    .await?
+                    .external_id,
+            );
         }
         let location = match o.supply_point_id {
             Some(p) => crate::storage::network::get(conn, p).await?.external_id,
