@@ -108,12 +108,15 @@ pub trait Connector {
 pub enum ConnectorConfig {
     /// An MQTT subscription (`docs/connectors.md`).
     Mqtt(mqtt::MqttConfig),
+    /// One Modbus TCP device polled (`docs/connectors.md`).
+    Modbus(modbus::ModbusConfig),
 }
 
 impl ConnectorConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ConnectorConfig::Mqtt(_) => "mqtt",
+            ConnectorConfig::Modbus(_) => "modbus",
         }
     }
 
@@ -121,6 +124,7 @@ impl ConnectorConfig {
     pub fn validate(&self) -> Result<(), ConnectorError> {
         match self {
             ConnectorConfig::Mqtt(c) => c.validate(),
+            ConnectorConfig::Modbus(c) => c.validate(),
         }
     }
 }

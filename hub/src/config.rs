@@ -61,6 +61,9 @@ pub struct Config {
     /// Alarm escalation policies by severity (`docs/alarms.md`).
     #[serde(default)]
     pub alarms: crate::alarms::AlarmsConfig,
+    /// Rhai rules: where they are and how they are watched.
+    #[serde(default)]
+    pub rules: crate::automation::RulesConfig,
 }
 
 /// `[mqtt_broker]`

@@ -6,7 +6,9 @@ pub mod actions;
 pub mod alarms;
 pub mod api;
 pub mod auth;
+pub mod automation;
 pub mod bus;
+pub mod campaigns;
 pub mod config;
 pub mod demo;
 pub mod import;
@@ -89,6 +91,12 @@ pub async fn run(
     let mut state = AppState::new(db.clone(), config.clone());
     let tasks = tokio_util::task::TaskTracker::new();
     start_connectors(&mut state, &config, &tasks, &shutdown).await?;
+    if config.rules.enabled {
+        let (runtime, handle) =
+            automation::Runtime::new(state.clone(), config.rules.clone()).await?;
+        state.rules = Some(handle);
+        tasks.spawn(runtime.run(shutdown.clone()));
+    }
 
     tasks.spawn({
         let (escalator, state, shutdown) = (
@@ -185,6 +193,7 @@ pub async fn start_connectors(
     }
     let (sink, rx) = tokio::sync::mpsc::channel(connectors::INGEST_CAPACITY);
     let mut stats = Vec::new();
+    let mut writers = automation::Writers::default();
     for (id, c) in configured {
         let ctx = connectors::ConnectorContext {
             id: id.clone(),
@@ -193,19 +202,22 @@ pub async fn start_connectors(
             shutdown: shutdown.clone(),
         };
         stats.push(ctx.stats.clone());
-        let task = match c {
+        match c {
             connectors::ConnectorConfig::Mqtt(m) => {
                 let connector = connectors::mqtt::MqttConnector::new(m, mqtt_broker)
                     .map_err(|e| HubError::Setup(format!("connectors.{id}: {e}")))?;
-                connectors::Connector::run(connector, ctx)
+                tasks.spawn(supervise(id, connectors::Connector::run(connector, ctx)));
             }
-        };
-        tasks.spawn(async move {
-            if let Err(e) = task.await {
-                tracing::error!(connector = %id, error = %e, "connector stopped");
+            connectors::ConnectorConfig::Modbus(m) => {
+                let sensors: Vec<String> = m.registers.iter().map(|r| r.sensor.clone()).collect();
+                let (connector, handle) = connectors::modbus::ModbusConnector::new(m)
+                    .map_err(|e| HubError::Setup(format!("connectors.{id}: {e}")))?;
+                writers.add(sensors, &handle);
+                tasks.spawn(supervise(id, connectors::Connector::run(connector, ctx)));
             }
-        });
+        }
     }
+    state.modbus = Arc::new(writers);
     state.connectors = Arc::new(ingest::Connectors {
         stats,
         mqtt_broker,
@@ -214,6 +226,16 @@ pub async fn start_connectors(
     let ingestor = ingest::Ingestor::new(state.clone()).await?;
     tasks.spawn(ingestor.run(rx, shutdown.clone()));
     Ok(())
+}
+
+/// Runs a connector until it returns; a connector that stops on an error is logged (the hub goes on).
+async fn supervise(
+    id: String,
+    task: impl std::future::Future<Output = Result<(), connectors::ConnectorError>>,
+) {
+    if let Err(e) = task.await {
+        tracing::error!(connector = %id, error = %e, "connector stopped");
+    }
 }
 
 /// With no user at all, creates `admin` with a random password, returned to be printed once.

@@ -81,6 +81,11 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Check and test Rhai rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -88,6 +93,21 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile and lint every `.rhai` file of a folder; errors with file, line and column.
+    Check {
+        /// The rules folder (`[rules] dir` of the configuration by default).
+        dir: Option<PathBuf>,
+    },
+    /// Run the rule fixtures (`*.test.json`) of a folder with no side effects; non-zero exit on a
+    /// mismatch.
+    Test {
+        /// The rules folder (`[rules] dir` of the configuration by default).
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,8 +198,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = Config::load(cli.config.as_deref())?;
+    if let Command::Rules { command } = &cli.command {
+        return rules_command(command, &config.rules.dir);
+    }
     match cli.command {
-        Command::Version | Command::Simulate { .. } => unreachable!("handled above"),
+        Command::Version | Command::Simulate { .. } | Command::Rules { .. } => {
+            unreachable!("handled above")
+        }
         Command::Validate => {
             println!("configuration is valid");
         }
@@ -296,4 +321,45 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutting down");
     shutdown.cancel();
+}
+
+/// `hub rules check|test`.
+fn rules_command(
+    command: &RulesCommand,
+    default_dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        RulesCommand::Check { dir } => {
+            let dir = dir.as_deref().unwrap_or(default_dir);
+            let found = rules::testing::check_dir(dir)?;
+            for d in &found {
+                println!("{d}");
+            }
+            let errors = found
+                .iter()
+                .filter(|d| d.level == rules::Level::Error)
+                .count();
+            println!(
+                "{}: {} error(s), {} warning(s)",
+                dir.display(),
+                errors,
+                found.len() - errors
+            );
+            Ok(if errors == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        RulesCommand::Test { dir } => {
+            let dir = dir.as_deref().unwrap_or(default_dir);
+            let report = rules::testing::run_fixtures(dir)?;
+            print!("{report}");
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }

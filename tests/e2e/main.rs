@@ -19,4 +19,5 @@ mod mqtt;
 mod outages;
 mod roles;
 mod shutdown;
+mod slice;
 mod telephony;

@@ -53,7 +53,7 @@ pub async fn publish(addr: &str, topic: &str, payload: &str, qos: u8) {
 }
 
 async fn sensor(api: &Api, id: &str) -> Value {
-    let list = api.get_ok(&format!("/api/v1/sensors?limit=100")).await;
+    let list = api.get_ok("/api/v1/sensors?limit=100").await;
     list["items"]
         .as_array()
         .expect("items")
@@ -125,7 +125,10 @@ async fn a_reading_published_to_the_embedded_broker_is_in_the_api_within_a_secon
         s["last_value"] == 3.5
     })
     .await;
-    assert_eq!(sensor(&admin, "s2").await["last_at"], "2026-11-23T07:00:00Z");
+    assert_eq!(
+        sensor(&admin, "s2").await["last_at"],
+        "2026-11-23T07:00:00Z"
+    );
 
     // Junk: counted per topic with a reason, never fatal.
     publish(&mqtt, "sensors/s1", "abc", 1).await;

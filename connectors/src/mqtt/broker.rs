@@ -3,6 +3,7 @@
 //! any client: one code path for embedded and external brokers.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -66,7 +67,7 @@ pub fn start(
         })
         .map_err(|e| ConnectorError::Config(format!("mqtt broker: cannot start a thread: {e}")))?;
     let deadline = Instant::now() + READY_TIMEOUT;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+    while !answers_mqtt(addr) {
         if Instant::now() > deadline {
             return Err(ConnectorError::Config(format!(
                 "mqtt broker: not accepting connections on {addr} after {READY_TIMEOUT:?}"
@@ -75,4 +76,24 @@ pub fn start(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(addr)
+}
+
+/// Whether the broker completes an MQTT handshake (a bare TCP probe would make it log an error).
+fn answers_mqtt(addr: SocketAddr) -> bool {
+    // CONNECT, MQTT 3.1.1, clean session, keep-alive 60 s, client id `hub-probe`; then DISCONNECT.
+    const CONNECT: [u8; 23] = [
+        0x10, 21, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 9, b'h', b'u', b'b', b'-', b'p',
+        b'r', b'o', b'b', b'e',
+    ];
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut connack = [0u8; 4];
+    let ok = s.write_all(&CONNECT).is_ok()
+        && s.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20
+        && connack[3] == 0;
+    let _ = s.write_all(&[0xE0, 0]);
+    ok
 }

@@ -5,13 +5,16 @@
 pub mod alarms;
 pub mod auth;
 pub mod calls;
+pub mod campaigns;
 pub mod connectors;
 pub mod consumers;
 pub mod events;
 pub mod health;
 pub mod import;
+pub mod ivr;
 pub mod network;
 pub mod outages;
+pub mod rules;
 pub mod sensors;
 pub mod sites;
 pub mod tenants;
@@ -47,6 +50,10 @@ pub struct AppState {
     pub network: NetworkCache,
     /// The running connectors (empty in tests that build the API alone).
     pub connectors: Arc<crate::ingest::Connectors>,
+    /// Modbus writers by sensor, for rules' `write_register`.
+    pub modbus: Arc<crate::automation::Writers>,
+    /// The rules runtime, when it runs.
+    pub rules: Option<crate::automation::RulesHandle>,
 }
 
 impl AppState {
@@ -60,6 +67,8 @@ impl AppState {
             config: Arc::new(config),
             network: NetworkCache::default(),
             connectors: Arc::default(),
+            modbus: Arc::default(),
+            rules: None,
         }
     }
 }
@@ -141,6 +150,9 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(import::router())
         .merge(events::router())
         .merge(connectors::router())
+        .merge(rules::router())
+        .merge(ivr::router())
+        .merge(campaigns::router())
         .merge(calls::router())
         .merge(alarms::router())
 }

@@ -5,6 +5,7 @@
 
 pub mod alarms;
 pub mod audit;
+pub mod campaigns;
 pub mod consumers;
 pub mod events;
 pub mod network;

@@ -281,3 +281,33 @@ pub async fn get(conn: &mut AnyConnection, id: i64) -> Result<CallRecord, Storag
     row.map(record)
         .ok_or_else(|| StorageError::not_found(format!("call {id}")))
 }
+
+/// An override with its site's names, as the API lists them.
+#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+pub struct IvrOverrideRow {
+    pub site_id: i64,
+    pub site: String,
+    pub tenant: String,
+    pub mode: String,
+    pub announcement: Option<String>,
+    pub set_by: String,
+    #[serde(skip)]
+    pub set_at_ms: i64,
+}
+
+/// Every override, of one tenant or all.
+pub async fn list_overrides(
+    conn: &mut AnyConnection,
+    tenant_id: Option<i64>,
+) -> Result<Vec<IvrOverrideRow>, StorageError> {
+    let rows: Vec<IvrOverrideRow> = sqlx::query_as(
+        "SELECT o.site_id, s.external_id AS site, t.external_id AS tenant, o.mode, o.announcement,
+                o.set_by, o.set_at AS set_at_ms
+         FROM ivr_overrides o JOIN sites s ON s.id = o.site_id JOIN tenants t ON t.id = s.tenant_id
+         WHERE ($1 IS NULL OR s.tenant_id = $1) ORDER BY o.site_id",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
