@@ -58,9 +58,9 @@ fn visible(kind: &EventKind, only_tenant: Option<&str>) -> bool {
         EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
             o.tenant == own
         }
-        EventKind::AlarmRaised(a) | EventKind::AlarmAcknowledged(a) | EventKind::AlarmCleared(a) => {
-            a.tenant.as_deref() == Some(own)
-        }
+        EventKind::AlarmRaised(a)
+        | EventKind::AlarmAcknowledged(a)
+        | EventKind::AlarmCleared(a) => a.tenant.as_deref() == Some(own),
         EventKind::Reading { .. }
         | EventKind::SensorOffline { .. }
         | EventKind::SensorOnline { .. }
