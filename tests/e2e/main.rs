@@ -15,6 +15,7 @@ mod demo;
 mod health;
 mod import;
 mod model;
+mod modbus;
 mod mqtt;
 mod outages;
 mod roles;
