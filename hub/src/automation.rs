@@ -27,6 +27,9 @@ use crate::storage::{StorageError, audit, now_ms};
 const COMMAND_QUEUE: usize = 64;
 /// How often the world's sensors and network are refreshed from storage.
 const WORLD_REFRESH: Duration = Duration::from_secs(5);
+/// A reading of a sensor the world does not know yet (created since the last refresh) refreshes it at
+/// once, but not more often than this.
+const UNKNOWN_SENSOR_REFRESH: Duration = Duration::from_secs(1);
 
 /// `[rules]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -141,8 +144,14 @@ impl HubWorld {
         }
     }
 
-    /// Reloads sensors and, when the network changed, the names of points and sites.
-    async fn refresh(&self, state: &AppState) -> Result<(), StorageError> {
+    /// A reading of a sensor the world has not loaded yet.
+    fn is_unknown(&self, event: &Event) -> bool {
+        matches!(&event.kind, EventKind::Reading { sensor, .. } if !read(&self.sensors).contains_key(sensor))
+    }
+
+    /// Reloads sensors and, when the network changed, the names of points and sites. True when a
+    /// sensor was added or its metadata changed: the rules' routes (which filter on it) are stale.
+    async fn refresh(&self, state: &AppState) -> Result<bool, StorageError> {
         let index = state.network.get(&state.db).await?;
         let mut conn = state.db.conn().await?;
         let stale = !Arc::ptr_eq(&read(&self.model).index, &index);
@@ -179,6 +188,7 @@ impl HubWorld {
             .fetch_all(&mut *conn)
             .await?;
         let mut sensors = write(&self.sensors);
+        let mut changed = false;
         for (id, kind, unit, tenant, site, point, value, at) in rows {
             let fresh = SensorView {
                 id: id.clone(),
@@ -190,6 +200,16 @@ impl HubWorld {
                 value,
                 at: at.map(crate::storage::from_ms),
             };
+            changed |= sensors.get(&id).is_none_or(|s| {
+                (&s.kind, &s.unit, &s.tenant, &s.site, &s.supply_point)
+                    != (
+                        &fresh.kind,
+                        &fresh.unit,
+                        &fresh.tenant,
+                        &fresh.site,
+                        &fresh.supply_point,
+                    )
+            });
             match sensors.get_mut(&id) {
                 // The in-memory value is newer than what storage had at the time of the query.
                 Some(s) if s.at >= fresh.at => {
@@ -205,7 +225,7 @@ impl HubWorld {
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 }
 
@@ -409,6 +429,11 @@ impl Runtime {
                 () = shutdown.cancelled() => break,
                 event = sub.recv() => {
                     let Some(event) = event else { break };
+                    // Ingest publishes readings of known sensors only: an unknown one is new.
+                    if self.world.is_unknown(&event) && last_refresh.elapsed() >= UNKNOWN_SENSOR_REFRESH {
+                        last_refresh = tokio::time::Instant::now();
+                        self.refresh_world().await;
+                    }
                     self.world.apply(&event);
                     let world: Arc<dyn World> = self.world.clone();
                     let eval = self.set.evaluate(&event, &world);
@@ -431,14 +456,22 @@ impl Runtime {
                     self.save_state().await;
                     if last_refresh.elapsed() >= WORLD_REFRESH {
                         last_refresh = tokio::time::Instant::now();
-                        if let Err(e) = self.world.refresh(&self.state).await {
-                            tracing::warn!(error = %e, "rules: world not refreshed");
-                        }
+                        self.refresh_world().await;
                     }
                 }
             }
         }
         self.save_state().await;
+    }
+
+    /// Reloads the world; a new sensor or changed metadata re-routes readings (a sensor whose first
+    /// reading came before the world knew its kind would otherwise never reach a rule filtering on it).
+    async fn refresh_world(&mut self) {
+        match self.world.refresh(&self.state).await {
+            Ok(true) => self.set.invalidate_routes(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "rules: world not refreshed"),
+        }
     }
 
     /// Loads new and changed rule files, removes the rules of deleted ones.
@@ -477,6 +510,9 @@ impl Runtime {
         for path in gone {
             self.files.remove(&path);
             let id = rules::engine::rule_id(&path);
+            // A deleted file that never compiled leaves no error behind in the list.
+            self.errors.remove(&id);
+            self.warnings.remove(&id);
             if self.set.remove(&id) {
                 self.record(actor, "delete", &id, serde_json::json!({"file": path}))
                     .await;
@@ -582,6 +618,7 @@ impl Runtime {
             Command::Remove(rule, actor, reply) => {
                 let removed = self.set.remove(&rule);
                 self.errors.remove(&rule);
+                self.warnings.remove(&rule);
                 if removed {
                     self.record(&actor, "delete", &rule, serde_json::json!({}))
                         .await;
@@ -768,4 +805,367 @@ pub async fn perform(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::names::Role;
+
+    /// Tenant `t1`: boiler house `bh` feeds heat point `hp`, which feeds complex `rc` (building `b1`
+    /// with consumers `c1`, on life support, and `c2`); sensor `hp.p` sits on `hp`.
+    async fn hub() -> (AppState, tempfile::TempDir) {
+        let (_app, state, _token, dir) = crate::api::test_app(Role::Engineer).await;
+        let mut c = state.db.conn().await.unwrap();
+        let t = serde_json::from_value(
+            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+        drop(c);
+        let opts = ImportOptions {
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let files = [
+            (
+                ImportKind::Sites,
+                "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\n",
+            ),
+            (
+                ImportKind::Network,
+                "tenant,external_id,kind,name,site,feeds_points,feeds_sites\nt1,hp,heat_point,HP,,,rc\nt1,bh,boiler_house,BH,,hp,\n",
+            ),
+            (
+                ImportKind::Consumers,
+                "tenant,external_id,kind,name,phones,life_support,sites\nt1,c1,resident,Ivanova,+79990000001,true,b1\nt1,c2,resident,Petrov,+79990000002,false,b1\n",
+            ),
+            (
+                ImportKind::Sensors,
+                "tenant,external_id,kind,unit,site,supply_point,offline_after_s\nt1,hp.p,pressure,bar,,hp,300\n",
+            ),
+        ];
+        for (kind, text) in files {
+            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
+                .await
+                .unwrap();
+            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
+        }
+        (state, dir)
+    }
+
+    fn rc() -> SiteRef {
+        SiteRef {
+            tenant: "t1".into(),
+            site: "rc".into(),
+        }
+    }
+
+    async fn perform_ok(state: &AppState, action: Action) {
+        perform(state, &Writers::default(), "rule:test", &action)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", action.name()));
+    }
+
+    async fn perform_err(state: &AppState, action: Action) -> String {
+        perform(state, &Writers::default(), "rule:test", &action)
+            .await
+            .expect_err(action.name())
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn the_world_maps_the_network_to_site_refs() {
+        let (state, _d) = hub().await;
+        let world = HubWorld::new(60);
+        assert!(
+            world.refresh(&state).await.unwrap(),
+            "first load: new sensors"
+        );
+        assert!(
+            !world.refresh(&state).await.unwrap(),
+            "nothing changed: routes stay"
+        );
+
+        let a = world.affected("t1", "hp").expect("hp is known");
+        assert_eq!(a.complexes, [rc()]);
+        assert_eq!(a.supply_points, ["hp"]);
+        assert_eq!((a.consumers, a.life_support), (2, 1));
+        let up = world.affected("t1", "bh").expect("bh is known");
+        let mut points = up.supply_points.clone();
+        points.sort();
+        assert_eq!(points, ["bh", "hp"], "upstream feeds everything below");
+        assert_eq!(up.complexes, [rc()]);
+        assert!(world.affected("t1", "nope").is_none());
+        assert!(
+            world.affected("t2", "hp").is_none(),
+            "points are per tenant"
+        );
+
+        let s = world.sensor("hp.p").expect("sensor");
+        assert_eq!(
+            (
+                s.kind.as_str(),
+                s.tenant.as_str(),
+                s.supply_point.as_deref()
+            ),
+            ("pressure", "t1", Some("hp"))
+        );
+
+        // A reading is in memory at once; a refresh from storage does not roll it back.
+        let at = Utc::now();
+        let reading = state.bus.event(
+            "test",
+            EventKind::Reading {
+                sensor: "hp.p".into(),
+                value: 2.5,
+            },
+        );
+        world.apply(&Event { at, ..reading });
+        world.refresh(&state).await.unwrap();
+        assert_eq!(world.sensor("hp.p").unwrap().value, Some(2.5));
+        assert_eq!(world.history("hp.p", at), [(at, 2.5)]);
+
+        // A sensor added to storage is new to the world (so readings are routed again).
+        let unknown = state.bus.event(
+            "test",
+            EventKind::Reading {
+                sensor: "hp.t".into(),
+                value: 70.0,
+            },
+        );
+        assert!(world.is_unknown(&unknown));
+        let opts = ImportOptions {
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let csv = "tenant,external_id,kind,unit,site,supply_point,offline_after_s\nt1,hp.t,temperature,C,,hp,300\n";
+        run(
+            &state.db,
+            ImportKind::Sensors,
+            Format::Csv,
+            "s.csv",
+            csv,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert!(world.refresh(&state).await.unwrap());
+        assert!(!world.is_unknown(&unknown));
+    }
+
+    #[tokio::test]
+    async fn an_alarm_is_raised_and_cleared() {
+        let (state, _d) = hub().await;
+        let mut sub = state.bus.subscribe("test");
+        perform_ok(
+            &state,
+            Action::RaiseAlarm {
+                key: "p:hp".into(),
+                severity: rules::Severity::Critical,
+                message: "pressure 2.1 bar".into(),
+                tenant: Some("t1".into()),
+                sensor: Some("hp.p".into()),
+                site: None,
+                supply_point: Some("hp".into()),
+            },
+        )
+        .await;
+        let e = sub.recv().await.unwrap();
+        assert!(
+            matches!(&e.kind, EventKind::AlarmRaised(a) if a.key == "p:hp"),
+            "{e:?}"
+        );
+        let row: (String, String, String, Option<i64>) = sqlx::query_as(
+            "SELECT state, severity, source, supply_point_id FROM alarms WHERE key = 'p:hp'",
+        )
+        .fetch_one(&state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!((row.0.as_str(), row.1.as_str()), ("active", "critical"));
+        assert!(row.3.is_some(), "linked to the supply point");
+        perform_ok(
+            &state,
+            Action::ClearAlarm {
+                key: "p:hp".into(),
+                reason: Some("back to normal".into()),
+            },
+        )
+        .await;
+        let (st,): (String,) = sqlx::query_as("SELECT state FROM alarms WHERE key = 'p:hp'")
+            .fetch_one(&state.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(st, "cleared");
+    }
+
+    #[tokio::test]
+    async fn an_ivr_override_is_stored_and_reverted() {
+        let (state, _d) = hub().await;
+        perform_ok(
+            &state,
+            Action::SetIvrMode {
+                sites: vec![rc()],
+                mode: rules::IvrMode::Emergency,
+                announcement: Some("авария на hp".into()),
+            },
+        )
+        .await;
+        let rows: Vec<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT mode, announcement, set_by FROM ivr_overrides")
+                .fetch_all(&state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [(
+                "emergency".to_string(),
+                Some("авария на hp".to_string()),
+                "rule:test".to_string()
+            )]
+        );
+        perform_ok(&state, Action::RevertIvrMode { sites: vec![rc()] }).await;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ivr_overrides")
+            .fetch_one(&state.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "back to the schedule");
+        let err = perform_err(
+            &state,
+            Action::SetIvrMode {
+                sites: vec![SiteRef {
+                    tenant: "t1".into(),
+                    site: "nowhere".into(),
+                }],
+                mode: rules::IvrMode::Night,
+                announcement: None,
+            },
+        )
+        .await;
+        assert!(err.contains("nowhere"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_campaign_gets_one_contact_per_consumer_life_support_first() {
+        let (state, _d) = hub().await;
+        perform_ok(
+            &state,
+            Action::LaunchCampaign(serde_json::json!({
+                "name": "Авария", "tenant": "t1", "audience": {"supply_point": "hp"},
+                "template": "heat_emergency", "channels": ["sms", "voice"]
+            })),
+        )
+        .await;
+        let (id, contacts, by): (i64, i64, String) =
+            sqlx::query_as("SELECT id, contacts, created_by FROM campaigns")
+                .fetch_one(&state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!((contacts, by.as_str()), (2, "rule:test"));
+        let order: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT c.external_id, cc.priority FROM campaign_contacts cc JOIN consumers c ON c.id = cc.consumer_id
+             WHERE cc.campaign_id = $1 ORDER BY cc.id",
+        )
+        .bind(id)
+        .fetch_all(&state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(order, [("c1".to_string(), 0), ("c2".to_string(), 1)]);
+        let err = perform_err(
+            &state,
+            Action::LaunchCampaign(
+                serde_json::json!({"name": "x", "tenant": "t1", "audience": {}, "colour": 1}),
+            ),
+        )
+        .await;
+        assert!(err.starts_with("campaign: colour"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_recorded_and_closed() {
+        let (state, _d) = hub().await;
+        perform_ok(
+            &state,
+            Action::RecordOutage(serde_json::json!({
+                "tenant": "t1", "external_id": "auto-hp", "kind": "emergency", "utility": "heat",
+                "supply_point": "hp", "reason": "pressure drop", "starts_at": Utc::now()
+            })),
+        )
+        .await;
+        let status = || async {
+            let (s,): (String,) =
+                sqlx::query_as("SELECT status FROM outages WHERE external_id = 'auto-hp'")
+                    .fetch_one(&state.db.pool)
+                    .await
+                    .unwrap();
+            s
+        };
+        assert_eq!(status().await, "active");
+        perform_ok(
+            &state,
+            Action::CloseOutage {
+                tenant: "t1".into(),
+                external_id: "auto-hp".into(),
+            },
+        )
+        .await;
+        assert_eq!(status().await, "closed");
+        let err = perform_err(
+            &state,
+            Action::CloseOutage {
+                tenant: "t1".into(),
+                external_id: "never".into(),
+            },
+        )
+        .await;
+        assert_eq!(err, "no outage `never` of tenant `t1`");
+    }
+
+    #[tokio::test]
+    async fn staff_are_notified_through_the_outbox() {
+        let (state, _d) = hub().await;
+        perform_ok(
+            &state,
+            Action::NotifyStaff {
+                tenant: Some("t1".into()),
+                to: "on_duty_engineer".into(),
+                message: "sensor hp.p silent".into(),
+            },
+        )
+        .await;
+        let rows: Vec<(String, String, String, Option<i64>)> =
+            sqlx::query_as("SELECT recipient, message, status, tenant_id FROM notifications")
+                .fetch_all(&state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str()),
+            ("on_duty_engineer", "sensor hp.p silent", "pending")
+        );
+        assert!(rows[0].3.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_write_to_an_unmapped_sensor_and_a_ticket_are_refused() {
+        let (state, _d) = hub().await;
+        let err = perform_err(
+            &state,
+            Action::WriteRegister {
+                sensor: "hp.valve".into(),
+                value: 45.0,
+            },
+        )
+        .await;
+        assert_eq!(err, "no Modbus connector maps the sensor `hp.valve`");
+        let err = perform_err(
+            &state,
+            Action::CreateTicket(
+                serde_json::json!({"tenant": "t1", "site": "rc", "category": "leak"}),
+            ),
+        )
+        .await;
+        assert_eq!(err, "create_ticket: tickets are not available yet");
+    }
 }

@@ -78,11 +78,12 @@ async fn put(
     let h = handle(&s)?;
     let source = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the rule is not UTF-8".into()))?;
-    // Compile first: a rule that fails must not replace the running version's file.
-    if let Err(e) = rules::dry_run(source, &[], &rules::StaticWorld::default()) {
+    let path = h.dir.join(format!("{id}.rhai"));
+    // Compile first (naming the file it would be): a rule that fails must not replace the running
+    // version's file.
+    if let Err(e) = rules::RuleSet::default().load_source(&id, source, &path) {
         return Err(ApiError::field("source", e.to_string()));
     }
-    let path = h.dir.join(format!("{id}.rhai"));
     std::fs::create_dir_all(&h.dir)
         .and_then(|()| std::fs::write(&path, source))
         .map_err(|e| {
@@ -118,14 +119,15 @@ async fn delete(
     }
 }
 
-/// A dry run: the source, events and a world as in rule fixtures (`docs/rules.md`).
+/// A dry run: the source, events and a world as in rule fixtures (`docs/rules.md`): events written
+/// flat, `{"at": "...", "type": "reading", "sensor": "hp-3.p_supply", "value": 2.5}`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRun {
     pub source: String,
     #[serde(default)]
     #[schema(value_type = Vec<Object>)]
-    pub events: Vec<rules::Event>,
+    pub events: Vec<rules::testing::FixtureEvent>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub world: rules::StaticWorld,
@@ -139,7 +141,18 @@ async fn dry_run(
     ApiJson(req): ApiJson<DryRun>,
 ) -> Result<Json<Vec<rules::Evaluation>>, ApiError> {
     user.require(Permission::ManageRules)?;
-    rules::dry_run(&req.source, &req.events, &req.world)
+    let events: Vec<rules::Event> = req
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(n, e)| rules::Event {
+            id: e.event_id.unwrap_or(n as u64),
+            at: e.at,
+            source: e.source.unwrap_or_else(|| "dry_run".into()),
+            kind: e.kind,
+        })
+        .collect();
+    rules::dry_run(&req.source, &events, &req.world)
         .map(Json)
         .map_err(|e| ApiError::field("source", e.to_string()))
 }
