@@ -27,3 +27,56 @@ async fn list(
     }
     Ok(Json(s.connectors.report()))
 }
+
+/// The connectors' counters in the Prometheus text format, appended to `/metrics`.
+pub fn prometheus(report: &ConnectorsReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "# TYPE hub_ingest_queue_depth gauge");
+    let _ = writeln!(out, "hub_ingest_queue_depth {}", report.queue_depth);
+    for c in &report.connectors {
+        let id = c.id.replace('\\', "\\\\").replace('"', "\\\"");
+        let labels = format!("connector=\"{id}\",kind=\"{}\"", c.kind);
+        let _ = writeln!(
+            out,
+            "hub_connector_connected{{{labels}}} {}",
+            u8::from(c.connected)
+        );
+        for (name, value) in [
+            ("received", c.received),
+            ("accepted", c.accepted),
+            ("rejected", c.rejected),
+            ("reconnects", c.reconnects),
+        ] {
+            let _ = writeln!(out, "hub_connector_{name}_total{{{labels}}} {value}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_render_as_prometheus_series() {
+        let stats = connectors::ConnectorStats::new("plant \"a\"", "mqtt");
+        stats.received(3);
+        stats.reject("t", "junk");
+        let report = ConnectorsReport {
+            mqtt_broker: None,
+            queue_depth: 2,
+            connectors: vec![stats.snapshot()],
+        };
+        let text = prometheus(&report);
+        assert!(text.contains("hub_ingest_queue_depth 2"), "{text}");
+        assert!(
+            text.contains(r#"hub_connector_received_total{connector="plant \"a\"",kind="mqtt"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("hub_connector_rejected_total{") && text.contains("} 1\n"),
+            "{text}"
+        );
+    }
+}

@@ -33,6 +33,6 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        s.metrics.render() + super::connectors::prometheus(&s.connectors.report()).as_str(),
     )
 }
