@@ -5,7 +5,7 @@
 //! Rules read a `HubWorld`: sensors, their recent readings and the supply network, kept in memory and
 //! refreshed from storage, so a rule never waits on the database.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -27,9 +27,6 @@ use crate::storage::{StorageError, audit, now_ms};
 const COMMAND_QUEUE: usize = 64;
 /// How often the world's sensors and network are refreshed from storage.
 const WORLD_REFRESH: Duration = Duration::from_secs(5);
-/// A reading of a sensor the world does not know yet (created since the last refresh) refreshes it at
-/// once, but not more often than this.
-const UNKNOWN_SENSOR_REFRESH: Duration = Duration::from_secs(1);
 
 /// `[rules]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,9 +141,14 @@ impl HubWorld {
         }
     }
 
-    /// A reading of a sensor the world has not loaded yet.
-    fn is_unknown(&self, event: &Event) -> bool {
-        matches!(&event.kind, EventKind::Reading { sensor, .. } if !read(&self.sensors).contains_key(sensor))
+    /// The sensor of a reading the world has not loaded yet.
+    fn unknown_sensor<'e>(&self, event: &'e Event) -> Option<&'e str> {
+        match &event.kind {
+            EventKind::Reading { sensor, .. } if !read(&self.sensors).contains_key(sensor) => {
+                Some(sensor)
+            }
+            _ => None,
+        }
     }
 
     /// Reloads sensors and, when the network changed, the names of points and sites. True when a
@@ -424,14 +426,18 @@ impl Runtime {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_cron = Utc::now();
         let mut last_refresh = tokio::time::Instant::now();
+        // Unknown sensors that refreshed the world since the last periodic refresh: once each.
+        let mut asked: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 event = sub.recv() => {
                     let Some(event) = event else { break };
-                    // Ingest publishes readings of known sensors only: an unknown one is new.
-                    if self.world.is_unknown(&event) && last_refresh.elapsed() >= UNKNOWN_SENSOR_REFRESH {
-                        last_refresh = tokio::time::Instant::now();
+                    // Ingest publishes readings of known sensors only: an unknown one is new, and its
+                    // first reading must already see its kind, tenant and supply point.
+                    if let Some(sensor) = self.world.unknown_sensor(&event)
+                        && asked.insert(sensor.to_owned())
+                    {
                         self.refresh_world().await;
                     }
                     self.world.apply(&event);
@@ -456,6 +462,7 @@ impl Runtime {
                     self.save_state().await;
                     if last_refresh.elapsed() >= WORLD_REFRESH {
                         last_refresh = tokio::time::Instant::now();
+                        asked.clear();
                         self.refresh_world().await;
                     }
                 }
@@ -935,7 +942,7 @@ mod tests {
                 value: 70.0,
             },
         );
-        assert!(world.is_unknown(&unknown));
+        assert_eq!(world.unknown_sensor(&unknown), Some("hp.t"));
         let opts = ImportOptions {
             actor: "test".into(),
             ..Default::default()
@@ -952,7 +959,7 @@ mod tests {
         .await
         .unwrap();
         assert!(world.refresh(&state).await.unwrap());
-        assert!(!world.is_unknown(&unknown));
+        assert_eq!(world.unknown_sensor(&unknown), None);
     }
 
     #[tokio::test]

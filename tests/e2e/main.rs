@@ -19,6 +19,7 @@ mod modbus;
 mod mqtt;
 mod outages;
 mod roles;
+mod rules;
 mod shutdown;
 mod slice;
 mod telephony;
