@@ -1,11 +1,12 @@
 //! Hub's edge. Sources (MQTT, Modbus TCP) turn what devices and dispatch systems send into [`Ingest`]
 //! messages on one bounded channel; the hub persists them, acknowledges them and publishes them as
-//! `rules::Event`s on its bus. Outbound channels (SMTP, SMS, messenger) live here too (campaigns issue).
+//! `rules::Event`s on its bus. Outbound channels (SMTP, SMS over HTTP, Telegram) are in [`channels`].
 //!
 //! Every connector is a config (a serde enum tagged by `type`, see [`ConnectorConfig`]) that runs as one
 //! long-lived task: `run(self, ctx)` until `ctx.shutdown` is cancelled. A connector never dies of bad
 //! input: junk is counted in its [`ConnectorStats`] and logged at a limited rate.
 
+pub mod channels;
 pub mod modbus;
 pub mod mqtt;
 pub mod secret;
