@@ -56,6 +56,13 @@ pub struct RunOptions {
     pub demo: bool,
 }
 
+/// Chooses the TLS crypto provider for the whole process. Two are compiled in (the MQTT client's and
+/// the HTTP client's dependencies each bring one), and rustls refuses to guess between them.
+pub fn install_crypto_provider() {
+    // Err only means one is installed already (a second call, or a test harness did it).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 /// Opens and migrates the database named by the configuration.
 pub async fn open_db(config: &Config) -> Result<Db, StorageError> {
     let db = Db::connect(
@@ -73,6 +80,7 @@ pub async fn run(
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<(), HubError> {
+    install_crypto_provider();
     let db = open_db(&config).await?;
     tracing::info!(database = %config.database.url, "database ready");
     if opts.demo {

@@ -128,6 +128,7 @@ enum UserCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    hub::install_crypto_provider();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -144,7 +145,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Blocking work still running (a prompt being spoken by espeak-ng) must not hold up the exit:
+    // everything that had to be saved was saved before `run` returned.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -21,5 +21,6 @@ mod outages;
 mod roles;
 mod rules;
 mod shutdown;
+mod simulate;
 mod slice;
 mod telephony;

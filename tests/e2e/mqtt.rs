@@ -369,3 +369,183 @@ async fn an_external_broker_keeps_what_arrives_while_the_hub_is_down_and_may_com
     assert!(plant["reconnects"].as_u64().unwrap() >= 1, "{report}");
     broker.stop().await;
 }
+
+/// Runs a command, panicking with its output if it fails.
+async fn run(cmd: &str, args: &[&str], dir: &std::path::Path) {
+    let out = Command::new(cmd)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`.
+async fn certificates(dir: &std::path::Path) {
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hub-test-ca",
+        ],
+        dir,
+    )
+    .await;
+    run(
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        dir,
+    )
+    .await;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("san.ext");
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+        dir,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_external_broker_over_tls_with_a_password() {
+    let env = TestEnv::new().await;
+    env.add_user("admin", "admin", &password_of("admin")).await;
+    let dir = env.dir.path().join("broker");
+    std::fs::create_dir_all(&dir).expect("broker dir");
+    certificates(&dir).await;
+    run(
+        "mosquitto_passwd",
+        &["-b", "-c", "passwd", "hub", "s3cret-Pass"],
+        &dir,
+    )
+    .await;
+    let port = free_port();
+    std::fs::write(
+        dir.join("mosquitto.conf"),
+        format!(
+            "user root\nlistener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nallow_anonymous false\npassword_file {d}/passwd\n",
+            d = dir.display()
+        ),
+    )
+    .expect("mosquitto.conf");
+    let _broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto");
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mosquitto did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.add_config(&format!(
+        "[connectors.scada]\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{port}\"\nclient_id = \"hub-tls\"\nusername = \"hub\"\npassword = \"s3cret-Pass\"\nca_file = \"{}/ca.crt\"\n\n[connectors.intruder]\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{port}\"\nclient_id = \"hub-bad\"\nusername = \"hub\"\npassword = \"wrong-Pass\"\nca_file = \"{}/ca.crt\"\nreconnect_max_s = 1\n",
+        dir.display(),
+        dir.display()
+    ));
+    let hub = env.start(false).await;
+    let admin = hub.login_as("admin").await;
+    sensors(&admin).await;
+    let ca = dir.join("ca.crt");
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--cafile"])
+        .arg(&ca)
+        .args([
+            "-u",
+            "hub",
+            "-P",
+            "s3cret-Pass",
+            "-t",
+            "sensors/s1",
+            "-m",
+            "6.5",
+            "-q",
+            "1",
+        ])
+        .output()
+        .await
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_sensor(&admin, "s1", Duration::from_secs(10), |s| {
+        s["last_value"] == 6.5
+    })
+    .await;
+
+    let report = connectors(&admin).await;
+    let by_id = |id: &str| {
+        report["connectors"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["id"] == id).cloned())
+            .unwrap_or_else(|| panic!("{id} in {report}"))
+    };
+    assert_eq!(by_id("scada")["connected"], true, "{report}");
+    let intruder = by_id("intruder");
+    assert_eq!(intruder["connected"], false, "{report}");
+    assert!(
+        intruder["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{report}"
+    );
+    let log = hub.log();
+    assert!(
+        !log.contains("s3cret-Pass") && !log.contains("wrong-Pass"),
+        "a password in the log:\n{log}"
+    );
+}
