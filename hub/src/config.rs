@@ -28,6 +28,9 @@ pub enum ConfigError {
     Env { var: &'static str, reason: String },
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// A `[staff.*]` or `[channels.*]` table; the reason names it.
+    #[error("{0}")]
+    Delivery(String),
     #[error("{path}:{line}: connectors.{id}: {reason}")]
     Connector {
         path: PathBuf,
@@ -64,6 +67,14 @@ pub struct Config {
     /// Rhai rules: where they are and how they are watched.
     #[serde(default)]
     pub rules: crate::automation::RulesConfig,
+    /// How to reach groups of staff that alarms escalate to and rules notify: `[staff.GROUP]` with
+    /// `phones`, `emails` and `telegram` chat ids.
+    #[serde(default)]
+    pub staff: BTreeMap<String, crate::delivery::StaffGroup>,
+    /// Outbound channels by name: `[channels.NAME]` with a `type` (`smtp`, `http_sms`, `telegram`),
+    /// see `docs/connectors.md`.
+    #[serde(default)]
+    pub channels: BTreeMap<String, connectors::channels::ChannelConfig>,
 }
 
 /// `[mqtt_broker]`
@@ -269,6 +280,7 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        crate::delivery::validate(self).map_err(ConfigError::Delivery)?;
         if self.http.session_ttl_hours == 0 {
             return Err(ConfigError::Invalid {
                 field: "http.session_ttl_hours",

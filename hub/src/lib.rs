@@ -10,6 +10,7 @@ pub mod automation;
 pub mod bus;
 pub mod campaigns;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod import;
 pub mod ingest;
@@ -118,6 +119,8 @@ pub async fn run(
             }
         }
     });
+    let deliverer = delivery::Deliverer::from_config(&config).map_err(HubError::Setup)?;
+    tasks.spawn(deliverer.run(state.clone(), shutdown.clone()));
     tasks.spawn(trim_readings(
         db.clone(),
         config.database.readings_retention_days,
