@@ -17,6 +17,7 @@ mod import;
 mod model;
 mod modbus;
 mod mqtt;
+mod notify;
 mod outages;
 mod roles;
 mod rules;

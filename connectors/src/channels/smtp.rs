@@ -150,9 +150,9 @@ impl SmtpChannel {
                 address: msg.to.clone(),
                 reason: format!("not an e-mail address: {e}"),
             })?;
-        // 8-bit keeps the text readable on the wire; a line too long for it falls back to lettre's
-        // own choice (quoted-printable or base64).
-        let body = Body::new_with_encoding(msg.text.clone(), ContentTransferEncoding::EightBit)
+        // 8-bit keeps the text readable on the wire (lines wrapped to fit it); a word too long for a
+        // line falls back to lettre's own choice (quoted-printable or base64).
+        let body = Body::new_with_encoding(wrap(&msg.text), ContentTransferEncoding::EightBit)
             .unwrap_or_else(Body::new);
         Message::builder()
             .from(self.from.clone())
@@ -165,6 +165,34 @@ impl SmtpChannel {
                 reason: e.to_string(),
             })
     }
+}
+
+/// Longest line of an 8-bit body, in bytes (lettre wants fewer than 76).
+const MAX_LINE_BYTES: usize = 75;
+
+/// Wraps each line at spaces to at most [`MAX_LINE_BYTES`] bytes, as mail clients do for plain text.
+fn wrap(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, line) in text.lines().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut width = 0;
+        for (j, word) in line.split(' ').enumerate() {
+            if j > 0 {
+                if width > 0 && width + 1 + word.len() > MAX_LINE_BYTES {
+                    out.push('\n');
+                    width = 0;
+                } else {
+                    out.push(' ');
+                    width += 1;
+                }
+            }
+            out.push_str(word);
+            width += word.len();
+        }
+    }
+    out
 }
 
 fn tls_parameters(host: &str) -> Result<TlsParameters, ChannelError> {
@@ -228,6 +256,22 @@ mod tests {
         assert_eq!(c.port(), 465);
         // Building TLS parameters must not need anything from the system (no OpenSSL).
         assert!(SmtpChannel::new(c).is_ok());
+    }
+
+    #[test]
+    fn long_lines_are_wrapped_at_spaces() {
+        let text = format!("{}\nкоротко", "Давление упало ".repeat(8).trim_end());
+        let wrapped = wrap(&text);
+        assert!(
+            wrapped.lines().all(|l| l.len() <= MAX_LINE_BYTES),
+            "{wrapped}"
+        );
+        assert_eq!(
+            wrapped.split_whitespace().collect::<Vec<_>>(),
+            text.split_whitespace().collect::<Vec<_>>()
+        );
+        assert!(wrapped.ends_with("\nкоротко"));
+        assert_eq!(wrap("a  b"), "a  b");
     }
 
     #[test]
