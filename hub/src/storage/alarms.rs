@@ -506,9 +506,16 @@ pub struct Notification {
     pub message: String,
     /// The escalation step that sent it (none for `notify_staff`).
     pub step: Option<i64>,
-    /// `pending` until the channels deliver it.
+    /// `pending`, `sending`, `delivered` or `failed`.
     pub status: String,
     pub created_at: DateTime<Utc>,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// Why the last attempt failed (a bad address, the gateway's answer, a timeout).
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The channel that delivered it (`sms`, `email`, `messenger`).
+    pub delivered_via: Option<String>,
 }
 
 /// A notification to queue.
@@ -521,20 +528,39 @@ pub struct NewNotification<'a> {
     pub step: Option<i64>,
 }
 
-type NotificationRow = (
-    i64,
-    Option<i64>,
-    Option<i64>,
-    String,
-    String,
-    String,
-    Option<i64>,
-    String,
-    i64,
-);
+#[derive(sqlx::FromRow)]
+struct NotificationRow {
+    id: i64,
+    tenant_id: Option<i64>,
+    alarm_id: Option<i64>,
+    recipient: String,
+    channels: String,
+    message: String,
+    step: Option<i64>,
+    status: String,
+    created_at: i64,
+    attempts: i64,
+    last_error: Option<String>,
+    delivered_at: Option<i64>,
+    delivered_via: Option<String>,
+}
 
 fn notification(r: NotificationRow) -> Notification {
-    let (id, tenant_id, alarm_id, recipient, channels, message, step, status, created_at) = r;
+    let NotificationRow {
+        id,
+        tenant_id,
+        alarm_id,
+        recipient,
+        channels,
+        message,
+        step,
+        status,
+        created_at,
+        attempts,
+        last_error,
+        delivered_at,
+        delivered_via,
+    } = r;
     Notification {
         id,
         tenant_id,
@@ -545,11 +571,15 @@ fn notification(r: NotificationRow) -> Notification {
         step,
         status,
         created_at: from_ms(created_at),
+        attempts,
+        last_error,
+        delivered_at: delivered_at.map(from_ms),
+        delivered_via,
     }
 }
 
-const NOTIFICATION_COLUMNS: &str =
-    "id, tenant_id, alarm_id, recipient, channels, message, step, status, created_at";
+const NOTIFICATION_COLUMNS: &str = "id, tenant_id, alarm_id, recipient, channels, message, step, status, created_at, \
+     attempts, last_error, delivered_at, delivered_via";
 
 pub async fn queue_notification(
     conn: &mut AnyConnection,
