@@ -614,7 +614,7 @@ async fn finish(
 }
 
 /// Queues a message to a group of staff (rules' `notify_staff`): a row of the outbox, journaled.
-/// Delivery by SMS, e-mail or call comes with the channels.
+/// `hub::delivery` sends it by the channels of `[alarms] staff_channels` (SMS, e-mail, messenger).
 pub async fn notify_staff(
     state: &AppState,
     tenant: Option<&str>,
