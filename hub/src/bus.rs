@@ -65,6 +65,31 @@ impl Bus {
         event
     }
 
+    /// `publish` for a batch (a round of readings): the same events in order, with the counters
+    /// updated once per kind instead of once per event, which cost more than the send at 100,000
+    /// readings per second.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Event>) {
+        let mut counts: Vec<(&'static str, u64)> = Vec::new();
+        let mut unheard = 0;
+        for event in events {
+            let kind = event.kind.name();
+            match counts.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((kind, 1)),
+            }
+            if self.tx.send(Arc::new(event)).is_err() {
+                unheard += 1;
+            }
+        }
+        for (kind, n) in counts {
+            self.metrics
+                .add("hub_bus_published_total", &[("kind", kind)], n);
+        }
+        if unheard > 0 {
+            self.metrics.add("hub_bus_unheard_total", &[], unheard);
+        }
+    }
+
     pub fn subscribe(&self, name: &'static str) -> Subscription {
         Subscription {
             rx: self.tx.subscribe(),
@@ -135,6 +160,28 @@ mod tests {
             metrics.get("hub_bus_lagged_total", &[("subscriber", "slow")]),
             10
         );
+    }
+
+    #[tokio::test]
+    async fn publish_all_delivers_in_order_and_counts_per_kind() {
+        let metrics = Arc::new(Metrics::default());
+        let bus = Bus::new(metrics.clone());
+        let mut sub = bus.subscribe("test");
+        let tick = |s: &str| EventKind::Tick {
+            schedule: s.to_string(),
+        };
+        bus.publish_all(["a", "b"].map(|s| bus.event("test", tick(s))));
+        bus.publish(bus.event("test", tick("c")));
+        for s in ["a", "b", "c"] {
+            assert_eq!(sub.recv().await.unwrap().kind, tick(s));
+        }
+        assert_eq!(
+            metrics.get("hub_bus_published_total", &[("kind", "tick")]),
+            3
+        );
+        drop(sub);
+        bus.publish_all([bus.event("test", tick("d"))]);
+        assert_eq!(metrics.get("hub_bus_unheard_total", &[]), 1);
     }
 
     #[tokio::test]

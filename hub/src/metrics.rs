@@ -1,5 +1,6 @@
-//! Counters for `/metrics` (Prometheus text format). Cheap enough for the hot path: one mutex-guarded map
-//! keyed by the rendered series name.
+//! Counters for `/metrics` (Prometheus text format): one mutex-guarded map keyed by the rendered series
+//! name. A series with labels renders its key on every call (an allocation and escaping), so hot paths
+//! count per batch (`Bus::publish_all`); a series without labels is looked up without allocating.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -31,6 +32,17 @@ fn series(name: &str, labels: &[(&str, &str)]) -> String {
 
 impl Metrics {
     pub fn add(&self, name: &str, labels: &[(&str, &str)], n: u64) {
+        if labels.is_empty() {
+            if let Ok(mut c) = self.counters.lock() {
+                match c.get_mut(name) {
+                    Some(v) => *v += n,
+                    None => {
+                        c.insert(name.to_owned(), n);
+                    }
+                }
+            }
+            return;
+        }
         let key = series(name, labels);
         if let Ok(mut c) = self.counters.lock() {
             *c.entry(key).or_default() += n;
@@ -92,6 +104,9 @@ mod tests {
         m.inc("hub_x_total", &[("kind", "a\"b")]);
         m.add("hub_x_total", &[("kind", "a\"b")], 2);
         m.set("hub_depth", &[], 4.0);
+        m.add("hub_plain_total", &[], 2);
+        m.inc("hub_plain_total", &[]);
+        assert_eq!(m.get("hub_plain_total", &[]), 3);
         let text = m.render();
         assert!(
             text.contains("# TYPE hub_x_total counter\nhub_x_total{kind=\"a\\\"b\"} 3\n"),

@@ -1,6 +1,10 @@
 //! Sensors (pressure, temperature, flow...) and their readings: the last value per sensor and a
 //! history table trimmed by the retention setting.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
@@ -239,66 +243,123 @@ pub async fn record_reading(
 /// One reading to store: sensor row id, time in UTC milliseconds, value.
 pub type ReadingRow = (i64, i64, f64);
 
-/// Rows of one multi-row INSERT: SQLite allows 32,766 bound values per statement.
-const READINGS_PER_STATEMENT: usize = 4000;
+/// Rows per statement. A batch is written in chunks of exactly these sizes, the last chunk padded with
+/// rows that the statements skip, so that a connection prepares at most these few statements:
+/// with one statement text per batch size, every round prepared a new INSERT and UPDATE and churned the
+/// connection's statement cache. 4,000 rows of 3 values stay under SQLite's 32,766 bound values.
+const CHUNK_ROWS: [usize; 3] = [16, 256, 4000];
 
-/// Stores a batch of readings (history, and each sensor's last value) in the caller's transaction.
-/// Values must be finite (the connectors check).
+/// The rows of the statement that writes `n` rows (at most the largest size).
+fn chunk_rows(n: usize) -> usize {
+    CHUNK_ROWS
+        .into_iter()
+        .find(|&rows| rows >= n)
+        .unwrap_or(CHUNK_ROWS[CHUNK_ROWS.len() - 1])
+}
+
+/// `(?, ?, ?), ...` on SQLite, `(CAST($1 AS BIGINT), ...)` on PostgreSQL: `rows` rows of an id, a time
+/// and a value.
+fn value_rows(sqlite: bool, rows: usize) -> String {
+    let mut values = String::with_capacity(rows * 64);
+    for i in 0..rows {
+        if i > 0 {
+            values.push_str(", ");
+        }
+        if sqlite {
+            values.push_str("(?, ?, ?)");
+        } else {
+            let n = i * 3;
+            let _ = write!(
+                values,
+                "(CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS DOUBLE PRECISION))",
+                n + 1,
+                n + 2,
+                n + 3
+            );
+        }
+    }
+    values
+}
+
+/// The INSERT into the history and the UPDATE of the last values for `rows` rows, built once per
+/// back-end and size.
+fn statements(sqlite: bool, rows: usize) -> &'static (String, String) {
+    static SQL: [OnceLock<Vec<(String, String)>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let all = SQL[usize::from(sqlite)].get_or_init(|| {
+        CHUNK_ROWS
+            .into_iter()
+            .map(|rows| {
+                let values = value_rows(sqlite, rows);
+                (
+                    format!(
+                        "INSERT INTO readings (sensor_id, at, value)
+                         SELECT column1, column2, column3 FROM (VALUES {values}) AS v
+                         WHERE column1 IS NOT NULL"
+                    ),
+                    format!(
+                        "WITH v(id, at, value) AS (VALUES {values})
+                         UPDATE sensors SET last_value = v.value, last_at = v.at FROM v
+                         WHERE sensors.id = v.id AND (sensors.last_at IS NULL OR sensors.last_at <= v.at)"
+                    ),
+                )
+            })
+            .collect()
+    });
+    let i = CHUNK_ROWS.iter().position(|&r| r == rows).unwrap_or(0);
+    &all[i]
+}
+
+/// Runs one of `statements` over `chunk`, padded to the statement's size with rows of a NULL sensor
+/// id, which the INSERT filters out and the UPDATE's join never matches.
+async fn execute_padded(
+    conn: &mut AnyConnection,
+    sql: &'static str,
+    rows: usize,
+    chunk: impl ExactSizeIterator<Item = ReadingRow>,
+) -> Result<(), StorageError> {
+    let pad = rows - chunk.len();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (sensor, at, value) in chunk {
+        q = q.bind(sensor).bind(at).bind(value);
+    }
+    // Only the id is NULL: sqlx's `Any` sends a NULL double that PostgreSQL rejects as bad binary data.
+    for _ in 0..pad {
+        q = q.bind(None::<i64>).bind(0_i64).bind(0.0_f64);
+    }
+    q.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Stores a batch of readings (history, and each sensor's last value) in the caller's transaction:
+/// one INSERT and one UPDATE per 4,000 readings. Values must be finite (the connectors check).
 pub async fn record_readings(
     conn: &mut AnyConnection,
     rows: &[ReadingRow],
 ) -> Result<(), StorageError> {
-    for chunk in rows.chunks(READINGS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO readings (sensor_id, at, value) VALUES {}",
-            super::placeholders(conn, chunk.len(), 3)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (sensor, at, value) in chunk {
-            q = q.bind(*sensor).bind(*at).bind(*value);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    // The newest reading of each sensor in the batch becomes its last value.
-    let mut last: std::collections::HashMap<i64, (i64, f64)> = std::collections::HashMap::new();
-    for (sensor, at, value) in rows {
-        let e = last.entry(*sensor).or_insert((*at, *value));
-        if *at >= e.0 {
-            *e = (*at, *value);
-        }
-    }
-    // One statement for all the batch's sensors: a round trip per sensor would cost more than the
-    // whole INSERT.
-    let last: Vec<(i64, (i64, f64))> = last.into_iter().collect();
     let sqlite = conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
-    for chunk in last.chunks(READINGS_PER_STATEMENT) {
-        let mut values = String::with_capacity(chunk.len() * 64);
-        for i in 0..chunk.len() {
-            if i > 0 {
-                values.push_str(", ");
-            }
-            if sqlite {
-                values.push_str("(?, ?, ?)");
-            } else {
-                let n = i * 3;
-                values.push_str(&format!(
-                    "(CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS DOUBLE PRECISION))",
-                    n + 1,
-                    n + 2,
-                    n + 3
-                ));
-            }
+    let largest = CHUNK_ROWS[CHUNK_ROWS.len() - 1];
+    for chunk in rows.chunks(largest) {
+        let size = chunk_rows(chunk.len());
+        let (insert, _) = statements(sqlite, size);
+        execute_padded(conn, insert, size, chunk.iter().copied()).await?;
+    }
+    // The newest reading of each sensor in the batch becomes its last value, all of them in one
+    // statement: a round trip per sensor would cost more than the whole INSERT.
+    let mut last: HashMap<i64, (i64, f64)> = HashMap::with_capacity(rows.len().min(4096));
+    for &(sensor, at, value) in rows {
+        let e = last.entry(sensor).or_insert((at, value));
+        if at >= e.0 {
+            *e = (at, value);
         }
-        let sql = format!(
-            "WITH v(id, at, value) AS (VALUES {values})
-             UPDATE sensors SET last_value = v.value, last_at = v.at FROM v
-             WHERE sensors.id = v.id AND (sensors.last_at IS NULL OR sensors.last_at <= v.at)"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (sensor, (at, value)) in chunk {
-            q = q.bind(*sensor).bind(*at).bind(*value);
-        }
-        q.execute(&mut *conn).await?;
+    }
+    let last: Vec<ReadingRow> = last
+        .into_iter()
+        .map(|(sensor, (at, value))| (sensor, at, value))
+        .collect();
+    for chunk in last.chunks(largest) {
+        let size = chunk_rows(chunk.len());
+        let (_, update) = statements(sqlite, size);
+        execute_padded(conn, update, size, chunk.iter().copied()).await?;
     }
     Ok(())
 }
@@ -360,4 +421,80 @@ pub async fn trim_history(conn: &mut AnyConnection, keep_days: u32) -> Result<u6
         .execute(&mut *conn)
         .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_db;
+
+    #[tokio::test]
+    async fn batches_of_any_size_store_every_reading_and_the_newest_value() {
+        let (db, _d) = test_db::fresh().await;
+        let mut c = db.conn().await.unwrap();
+        let tenant = serde_json::from_value(
+            serde_json::json!({"external_id": "t", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut c, &tenant)
+            .await
+            .unwrap();
+        let mut refs = Refs::new();
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let s: NewSensor = serde_json::from_value(
+                serde_json::json!({"tenant": "t", "external_id": format!("s{i}"), "kind": "pressure"}),
+            )
+            .unwrap();
+            ids.push(upsert(&mut c, &mut refs, &s).await.unwrap().id);
+        }
+        // Sizes around every statement size, and one over the largest.
+        let mut total = 0;
+        let mut at = 1_000;
+        for n in [1, 15, 16, 17, 257, 4001] {
+            let rows: Vec<ReadingRow> = (0..n)
+                .map(|i| {
+                    at += 1;
+                    (ids[i % 2], at, at as f64 / 10.0)
+                })
+                .collect();
+            let mut tx = sqlx::Connection::begin(&mut *c).await.unwrap();
+            record_readings(&mut tx, &rows).await.unwrap();
+            tx.commit().await.unwrap();
+            total += n;
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM readings")
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            assert_eq!(count as usize, total, "after a batch of {n}");
+            let newest = rows.iter().rev().find(|r| r.0 == ids[0]).unwrap();
+            let s = get(&mut c, ids[0]).await.unwrap();
+            assert_eq!(s.last_value, Some(newest.2), "after a batch of {n}");
+            assert_eq!(s.last_at.map(to_ms), Some(newest.1));
+        }
+        // A late reading goes into the history but does not replace a newer last value.
+        let mut tx = sqlx::Connection::begin(&mut *c).await.unwrap();
+        record_readings(&mut tx, &[(ids[0], 5, -1.0)])
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_ne!(get(&mut c, ids[0]).await.unwrap().last_value, Some(-1.0));
+        assert_eq!(get(&mut c, ids[2]).await.unwrap().last_value, None);
+        let history = history(&mut c, ids[0], from_ms(0), from_ms(1_000_000), 10)
+            .await
+            .unwrap();
+        assert_eq!(history[0].value, -1.0);
+    }
+
+    #[test]
+    fn few_statement_sizes() {
+        assert_eq!(chunk_rows(1), 16);
+        assert_eq!(chunk_rows(16), 16);
+        assert_eq!(chunk_rows(17), 256);
+        assert_eq!(chunk_rows(4000), 4000);
+        let (insert, update) = statements(false, 16);
+        assert!(insert.contains("CAST($48 AS DOUBLE PRECISION)") && !insert.contains("$49"));
+        assert!(update.contains("$48"));
+        assert_eq!(statements(true, 256).0.matches('?').count(), 768);
+    }
 }
