@@ -197,10 +197,14 @@ pub async fn start_connectors(
     };
     let mut configured = config.connectors.clone();
     if configured.is_empty() && mqtt_broker.is_some() {
-        configured.insert(
-            "mqtt".into(),
-            connectors::ConnectorConfig::Mqtt(connectors::mqtt::MqttConfig::default()),
-        );
+        // QoS 0 between the embedded broker and the hub: they live and die in one process, so the
+        // hub's acknowledgements would protect nothing (a sensor's QoS 1 PUBACK comes from the broker)
+        // and rumqttd's fixed window of 100 unacknowledged messages would cap ingest (docs/performance.md).
+        let embedded = connectors::mqtt::MqttConfig {
+            qos: 0,
+            ..connectors::mqtt::MqttConfig::default()
+        };
+        configured.insert("mqtt".into(), connectors::ConnectorConfig::Mqtt(embedded));
     }
     let (sink, rx) = tokio::sync::mpsc::channel(connectors::INGEST_CAPACITY);
     let mut stats = Vec::new();
