@@ -22,6 +22,7 @@ pub struct ConnectorStats {
     rejected: AtomicU64,
     connected: AtomicBool,
     reconnects: AtomicU64,
+    queue_depth: AtomicU64,
     inner: Mutex<Inner>,
     log: RateLimitedLog,
 }
@@ -43,6 +44,8 @@ pub struct StatsSnapshot {
     pub accepted: u64,
     pub rejected: u64,
     pub reconnects: u64,
+    /// Messages waiting inside the connector (MQTT: received, not yet parsed; Modbus: writes).
+    pub queue_depth: u64,
     /// Rejections by topic (MQTT), register (Modbus) or sensor (unknown to the hub), then by reason.
     pub rejects: BTreeMap<String, BTreeMap<String, u64>>,
     pub last_error: Option<String>,
@@ -58,6 +61,7 @@ impl ConnectorStats {
             rejected: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            queue_depth: AtomicU64::new(0),
             inner: Mutex::new(Inner::default()),
             log: RateLimitedLog::new(Duration::from_secs(10), 5),
         }
@@ -111,6 +115,12 @@ impl ConnectorStats {
         }
     }
 
+    /// Records how many messages wait in the connector's own bounded queue.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.queue_depth
+            .store(u64::try_from(depth).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
@@ -128,6 +138,7 @@ impl ConnectorStats {
             accepted: self.accepted.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            queue_depth: self.queue_depth.load(Ordering::Relaxed),
             rejects,
             last_error,
         }

@@ -286,6 +286,7 @@ impl Connector for ModbusConnector {
                 }
                 Some(req) = writes.recv() => run_step(&ctx, dev.write(req)).await,
             };
+            ctx.stats.set_queue_depth(writes.len());
             match outcome {
                 Ok(()) | Err(Stop::Shutdown) => {}
                 Err(Stop::SinkClosed) => return Err(ConnectorError::SinkClosed),

@@ -494,6 +494,7 @@ impl Connector for MqttConnector {
             async move {
                 let mut batch = Vec::with_capacity(BATCH_MAX);
                 while pub_rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+                    ctx.stats.set_queue_depth(pub_rx.len());
                     if self
                         .process(&ctx, &ack_tx, std::mem::take(&mut batch))
                         .await

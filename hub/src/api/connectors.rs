@@ -50,6 +50,11 @@ pub fn prometheus(report: &ConnectorsReport) -> String {
         ] {
             let _ = writeln!(out, "hub_connector_{name}_total{{{labels}}} {value}");
         }
+        let _ = writeln!(
+            out,
+            "hub_connector_queue_depth{{{labels}}} {}",
+            c.queue_depth
+        );
     }
     out
 }
