@@ -23,6 +23,8 @@ pub struct ConnectorStats {
     connected: AtomicBool,
     reconnects: AtomicU64,
     queue_depth: AtomicU64,
+    /// Subscribed (MQTT): messages published from now on reach the hub.
+    ready: AtomicBool,
     inner: Mutex<Inner>,
     log: RateLimitedLog,
 }
@@ -62,6 +64,7 @@ impl ConnectorStats {
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             queue_depth: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
             log: RateLimitedLog::new(Duration::from_secs(10), 5),
         }
@@ -119,6 +122,15 @@ impl ConnectorStats {
     pub fn set_queue_depth(&self, depth: usize) {
         self.queue_depth
             .store(u64::try_from(depth).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The connector's subscriptions are in place (the broker acknowledged them).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     pub fn is_connected(&self) -> bool {

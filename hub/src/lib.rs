@@ -209,6 +209,7 @@ pub async fn start_connectors(
     let (sink, rx) = tokio::sync::mpsc::channel(connectors::INGEST_CAPACITY);
     let mut stats = Vec::new();
     let mut writers = automation::Writers::default();
+    let mut embedded = Vec::new();
     for (id, c) in configured {
         let ctx = connectors::ConnectorContext {
             id: id.clone(),
@@ -219,6 +220,9 @@ pub async fn start_connectors(
         stats.push(ctx.stats.clone());
         match c {
             connectors::ConnectorConfig::Mqtt(m) => {
+                if m.url.is_empty() {
+                    embedded.push(ctx.stats.clone());
+                }
                 let connector = connectors::mqtt::MqttConnector::new(m, mqtt_broker)
                     .map_err(|e| HubError::Setup(format!("connectors.{id}: {e}")))?;
                 tasks.spawn(supervise(id, connectors::Connector::run(connector, ctx)));
@@ -233,6 +237,12 @@ pub async fn start_connectors(
         }
     }
     state.modbus = Arc::new(writers);
+    // A sensor publishing to the embedded broker right after the start must not be lost for want of
+    // the hub's subscription: wait (a little) for it before the hub reports itself listening.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while embedded.iter().any(|s| !s.is_ready()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     state.connectors = Arc::new(ingest::Connectors {
         stats,
         mqtt_broker,

@@ -442,6 +442,7 @@ impl Connector for MqttConnector {
                             }
                         }
                         Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                            ctx.stats.set_ready();
                             let refused = ack
                                 .return_codes
                                 .iter()
