@@ -232,6 +232,30 @@ async fn an_outage_record_published_over_mqtt_becomes_an_outage() {
     assert!(audit.to_string().contains("connector:mqtt"), "{audit}");
 }
 
+/// mosquitto with config file `conf`, once it accepts connections on `port`; killed on drop.
+async fn spawn_mosquitto(conf: &std::path::Path, port: u16) -> Child {
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto (Debian package mosquitto; scripts/test installs it)");
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mosquitto did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
 /// A mosquitto broker with a persistent store, on a free port, killed on drop.
 struct Mosquitto {
     child: Child,
@@ -250,25 +274,7 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("mosquitto (Debian package mosquitto; scripts/test installs it)");
-        let start = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "mosquitto did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = spawn_mosquitto(&conf, port).await;
         Mosquitto {
             child,
             port,
@@ -470,25 +476,7 @@ async fn an_external_broker_over_tls_with_a_password() {
         ),
     )
     .expect("mosquitto.conf");
-    let _broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto");
-    let start = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mosquitto did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _broker = spawn_mosquitto(&dir.join("mosquitto.conf"), port).await;
     env.add_config(&format!(
         "[connectors.scada]\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{port}\"\nclient_id = \"hub-tls\"\nusername = \"hub\"\npassword = \"s3cret-Pass\"\nca_file = \"{}/ca.crt\"\n\n[connectors.intruder]\ntype = \"mqtt\"\nurl = \"mqtts://127.0.0.1:{port}\"\nclient_id = \"hub-bad\"\nusername = \"hub\"\npassword = \"wrong-Pass\"\nca_file = \"{}/ca.crt\"\nreconnect_max_s = 1\n",
         dir.display(),
