@@ -41,6 +41,14 @@ pub enum EventKind {
     AlarmCleared(AlarmInfo),
     /// A cron schedule of a rule fired.
     Tick { schedule: String },
+    /// A call began: a resident called in, or the hub placed a call (callback, campaign, escalation).
+    CallStarted(CallInfo),
+    /// A call ended; `outcome` says how.
+    CallEnded(CallInfo),
+    /// A ticket was created or changed (status, assignee, due time, ...).
+    TicketChanged(TicketInfo),
+    /// A ticket passed its due time and is not done.
+    TicketOverdue(TicketInfo),
 }
 
 impl EventKind {
@@ -57,6 +65,10 @@ impl EventKind {
             EventKind::AlarmAcknowledged(_) => "alarm_acknowledged",
             EventKind::AlarmCleared(_) => "alarm_cleared",
             EventKind::Tick { .. } => "tick",
+            EventKind::CallStarted(_) => "call_started",
+            EventKind::CallEnded(_) => "call_ended",
+            EventKind::TicketChanged(_) => "ticket_changed",
+            EventKind::TicketOverdue(_) => "ticket_overdue",
         }
     }
 }
@@ -116,6 +128,56 @@ pub struct AlarmInfo {
     /// The acknowledgement's comment or the reason it was cleared.
     #[serde(default)]
     pub comment: Option<String>,
+}
+
+/// What rules and the UI need to know of a call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallInfo {
+    /// The call record's id (`calls.id`).
+    pub id: i64,
+    /// External id of the tenant, when known.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// `inbound` or `outbound`.
+    pub direction: String,
+    /// The caller's number (inbound) or ours (outbound).
+    pub from: String,
+    /// The number dialled.
+    pub to: String,
+    /// External id of the caller's (or callee's) site, when the number belongs to a known consumer.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The consumer's account, when known.
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// Why the call exists for outbound calls: `callback`, `campaign`, `escalation`, ...
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// On `call_ended`: `answered`, `abandoned`, `busy`, `no_answer`, `rejected`, `failed`, ...
+    #[serde(default)]
+    pub outcome: Option<String>,
+    /// On `call_ended`: seconds from start to end.
+    #[serde(default)]
+    pub duration_s: Option<f64>,
+}
+
+/// What rules and the UI need to know of a ticket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketInfo {
+    pub id: i64,
+    pub tenant: String,
+    /// External id of the site it is about.
+    #[serde(default)]
+    pub site: Option<String>,
+    pub category: String,
+    /// `new`, `assigned`, `in_progress`, `done` or `closed`.
+    pub status: String,
+    /// `low`, `normal`, `high` or `urgent`.
+    pub priority: String,
+    #[serde(default)]
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub due_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

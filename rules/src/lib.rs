@@ -16,5 +16,5 @@ pub use engine::{
     dry_run,
 };
 pub use error::{Diagnostic, Level, RuleError};
-pub use event::{AlarmInfo, Event, EventKind, OutageInfo};
+pub use event::{AlarmInfo, CallInfo, Event, EventKind, OutageInfo, TicketInfo};
 pub use world::{AffectedView, SensorView, StaticWorld, World};

@@ -129,6 +129,10 @@ impl StaticWorld {
             | EventKind::AlarmRaised(_)
             | EventKind::AlarmAcknowledged(_)
             | EventKind::AlarmCleared(_)
+            | EventKind::CallStarted(_)
+            | EventKind::CallEnded(_)
+            | EventKind::TicketChanged(_)
+            | EventKind::TicketOverdue(_)
             | EventKind::Tick { .. } => {}
         }
     }

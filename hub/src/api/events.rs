@@ -61,6 +61,8 @@ fn visible(kind: &EventKind, only_tenant: Option<&str>) -> bool {
         EventKind::AlarmRaised(a)
         | EventKind::AlarmAcknowledged(a)
         | EventKind::AlarmCleared(a) => a.tenant.as_deref() == Some(own),
+        EventKind::CallStarted(c) | EventKind::CallEnded(c) => c.tenant.as_deref() == Some(own),
+        EventKind::TicketChanged(t) | EventKind::TicketOverdue(t) => t.tenant == own,
         EventKind::Reading { .. }
         | EventKind::SensorOffline { .. }
         | EventKind::SensorOnline { .. }

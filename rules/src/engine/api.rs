@@ -11,7 +11,9 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
 use serde::Deserialize;
 
 use super::state::{RuleMemory, Timer};
-use super::triggers::{AlarmFilter, CronTrigger, OutageFilter, SensorFilter, Trigger};
+use super::triggers::{
+    AlarmFilter, CallFilter, CronTrigger, OutageFilter, SensorFilter, TicketFilter, Trigger,
+};
 use crate::action::{Action, IvrMode, Severity, SiteRef};
 use crate::world::World;
 
@@ -235,9 +237,21 @@ pub(crate) fn register_declarations(engine: &mut Engine, out: &Arc<Mutex<Vec<Tri
         },
     );
     let o = out.clone();
-    engine.register_fn("on_call", move || add(&o, Trigger::Call));
+    engine.register_fn("on_call", move || {
+        add(&o, Trigger::Call(CallFilter::default()))
+    });
     let o = out.clone();
-    engine.register_fn("on_call", move |_: Map| add(&o, Trigger::Call));
+    engine.register_fn("on_call", move |m: Map| {
+        add(&o, Trigger::Call(CallFilter::from_map(&m)?))
+    });
+    let o = out.clone();
+    engine.register_fn("on_ticket", move || {
+        add(&o, Trigger::Ticket(TicketFilter::default()))
+    });
+    let o = out.clone();
+    engine.register_fn("on_ticket", move |m: Map| {
+        add(&o, Trigger::Ticket(TicketFilter::from_map(&m)?))
+    });
 }
 
 fn glob_filter(pattern: &str) -> SensorFilter {

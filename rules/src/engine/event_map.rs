@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rhai::{Dynamic, Map};
 
 use crate::action::SiteRef;
-use crate::event::{AlarmInfo, Event, EventKind, OutageInfo};
+use crate::event::{AlarmInfo, CallInfo, Event, EventKind, OutageInfo, TicketInfo};
 use crate::world::World;
 
 fn put(m: &mut Map, k: &str, v: impl Into<Dynamic>) {
@@ -90,6 +90,34 @@ fn alarm_fields(m: &mut Map, a: &AlarmInfo) {
     put(m, "by", opt_str(&a.by));
 }
 
+fn call_fields(m: &mut Map, c: &CallInfo) {
+    put(m, "id", c.id);
+    put(m, "tenant", opt_str(&c.tenant));
+    put(m, "direction", c.direction.clone());
+    put(m, "from", c.from.clone());
+    put(m, "to", c.to.clone());
+    put(m, "site", opt_str(&c.site));
+    put(m, "consumer", opt_str(&c.consumer));
+    put(m, "purpose", opt_str(&c.purpose));
+    put(m, "outcome", opt_str(&c.outcome));
+    put(
+        m,
+        "duration_s",
+        c.duration_s.map(Dynamic::from).unwrap_or(Dynamic::UNIT),
+    );
+}
+
+fn ticket_fields(m: &mut Map, t: &TicketInfo) {
+    put(m, "id", t.id);
+    put(m, "tenant", t.tenant.clone());
+    put(m, "site", opt_str(&t.site));
+    put(m, "category", t.category.clone());
+    put(m, "status", t.status.clone());
+    put(m, "priority", t.priority.clone());
+    put(m, "assignee", opt_str(&t.assignee));
+    put(m, "due_at", opt_time(&t.due_at));
+}
+
 pub(crate) fn event_map(event: &Event, world: &dyn World) -> Dynamic {
     let mut m = envelope(event.kind.name(), event.at, &event.source);
     put(&mut m, "event_id", event.id as i64);
@@ -113,6 +141,8 @@ pub(crate) fn event_map(event: &Event, world: &dyn World) -> Dynamic {
         | EventKind::AlarmAcknowledged(a)
         | EventKind::AlarmCleared(a) => alarm_fields(&mut m, a),
         EventKind::Tick { schedule } => put(&mut m, "schedule", schedule.clone()),
+        EventKind::CallStarted(c) | EventKind::CallEnded(c) => call_fields(&mut m, c),
+        EventKind::TicketChanged(t) | EventKind::TicketOverdue(t) => ticket_fields(&mut m, t),
     }
     Dynamic::from_map(m)
 }
@@ -132,5 +162,11 @@ pub(crate) fn summary(event: &Event) -> String {
             format!("{} {}", event.kind.name(), a.key)
         }
         EventKind::Tick { schedule } => format!("tick {schedule}"),
+        EventKind::CallStarted(c) | EventKind::CallEnded(c) => {
+            format!("{} {} {} -> {}", event.kind.name(), c.id, c.from, c.to)
+        }
+        EventKind::TicketChanged(t) | EventKind::TicketOverdue(t) => {
+            format!("{} {} ({})", event.kind.name(), t.id, t.status)
+        }
     }
 }

@@ -387,7 +387,7 @@ impl RuleSet {
             let message = if e.message.contains("Function not found") {
                 format!(
                     "{} (the top level of a rule may only declare triggers: on_reading, \
-                     on_sensor_status, on_outage, on_alarm, on_cron, on_call)",
+                     on_sensor_status, on_outage, on_alarm, on_cron, on_call, on_ticket)",
                     e.message
                 )
             } else {
@@ -547,6 +547,12 @@ impl RuleSet {
             | EventKind::AlarmAcknowledged(a)
             | EventKind::AlarmCleared(a) => {
                 self.select(|t| matches!(t, Trigger::Alarm(f) if f.matches(a)))
+            }
+            EventKind::CallStarted(c) | EventKind::CallEnded(c) => {
+                self.select(|t| matches!(t, Trigger::Call(f) if f.matches(c)))
+            }
+            EventKind::TicketChanged(tk) | EventKind::TicketOverdue(tk) => {
+                self.select(|t| matches!(t, Trigger::Ticket(f) if f.matches(tk)))
             }
             // Cron is run by `run_cron`; a Tick on the bus is a record of it, not a trigger.
             EventKind::Tick { .. } => Vec::new(),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use rhai::{Dynamic, Map};
 
-use crate::event::{AlarmInfo, OutageInfo};
+use crate::event::{AlarmInfo, CallInfo, OutageInfo, TicketInfo};
 use crate::world::SensorView;
 
 /// One declared trigger.
@@ -18,8 +18,8 @@ pub enum Trigger {
     Outage(OutageFilter),
     Alarm(AlarmFilter),
     Cron(CronTrigger),
-    /// Reserved for telephony: accepted, matches nothing yet.
-    Call,
+    Call(CallFilter),
+    Ticket(TicketFilter),
 }
 
 impl Trigger {
@@ -31,7 +31,8 @@ impl Trigger {
             Trigger::Outage(f) => format!("on_outage({})", f.describe()),
             Trigger::Alarm(f) => format!("on_alarm({})", f.describe()),
             Trigger::Cron(c) => format!("on_cron({:?}, {:?})", c.expr, c.tz.name()),
-            Trigger::Call => "on_call()".to_string(),
+            Trigger::Call(f) => format!("on_call({})", f.describe()),
+            Trigger::Ticket(f) => format!("on_ticket({})", f.describe()),
         }
     }
 }
@@ -179,6 +180,118 @@ impl AlarmFilter {
 
     fn describe(&self) -> String {
         describe_fields(&[("key", &self.key), ("severity", &self.severity)])
+    }
+}
+
+/// Filters on a call; strings are globs.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    pub tenant: Option<String>,
+    pub direction: Option<String>,
+    pub site: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub purpose: Option<String>,
+    pub outcome: Option<String>,
+}
+
+impl CallFilter {
+    pub const KEYS: &'static [&'static str] = &[
+        "tenant",
+        "direction",
+        "site",
+        "from",
+        "to",
+        "purpose",
+        "outcome",
+    ];
+
+    pub fn from_map(map: &Map) -> Result<Self, String> {
+        let mut f = CallFilter::default();
+        for (k, v) in map {
+            let v = Some(string_value(k, v)?);
+            match k.as_str() {
+                "tenant" => f.tenant = v,
+                "direction" => f.direction = v,
+                "site" => f.site = v,
+                "from" => f.from = v,
+                "to" => f.to = v,
+                "purpose" => f.purpose = v,
+                "outcome" => f.outcome = v,
+                other => return Err(unknown_key(other, Self::KEYS)),
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, c: &CallInfo) -> bool {
+        opt_match(&self.tenant, c.tenant.as_ref())
+            && opt_match(&self.direction, Some(&c.direction))
+            && opt_match(&self.site, c.site.as_ref())
+            && opt_match(&self.from, Some(&c.from))
+            && opt_match(&self.to, Some(&c.to))
+            && opt_match(&self.purpose, c.purpose.as_ref())
+            && opt_match(&self.outcome, c.outcome.as_ref())
+    }
+
+    fn describe(&self) -> String {
+        describe_fields(&[
+            ("tenant", &self.tenant),
+            ("direction", &self.direction),
+            ("site", &self.site),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("purpose", &self.purpose),
+            ("outcome", &self.outcome),
+        ])
+    }
+}
+
+/// Filters on a ticket; strings are globs.
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    pub tenant: Option<String>,
+    pub site: Option<String>,
+    pub category: Option<String>,
+    pub status: Option<String>,
+    pub priority: Option<String>,
+}
+
+impl TicketFilter {
+    pub const KEYS: &'static [&'static str] = &["tenant", "site", "category", "status", "priority"];
+
+    pub fn from_map(map: &Map) -> Result<Self, String> {
+        let mut f = TicketFilter::default();
+        for (k, v) in map {
+            let v = Some(string_value(k, v)?);
+            match k.as_str() {
+                "tenant" => f.tenant = v,
+                "site" => f.site = v,
+                "category" => f.category = v,
+                "status" => f.status = v,
+                "priority" => f.priority = v,
+                other => return Err(unknown_key(other, Self::KEYS)),
+            }
+        }
+        Ok(f)
+    }
+
+    pub fn matches(&self, t: &TicketInfo) -> bool {
+        opt_match(&self.tenant, Some(&t.tenant))
+            && opt_match(&self.site, t.site.as_ref())
+            && opt_match(&self.category, Some(&t.category))
+            && opt_match(&self.status, Some(&t.status))
+            && opt_match(&self.priority, Some(&t.priority))
+    }
+
+    fn describe(&self) -> String {
+        describe_fields(&[
+            ("tenant", &self.tenant),
+            ("site", &self.site),
+            ("category", &self.category),
+            ("status", &self.status),
+            ("priority", &self.priority),
+        ])
     }
 }
 
