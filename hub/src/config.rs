@@ -64,6 +64,9 @@ pub struct Config {
     /// Alarm escalation policies by severity (`docs/alarms.md`).
     #[serde(default)]
     pub alarms: crate::alarms::AlarmsConfig,
+    /// Tickets: due times by priority, visit lengths, the overdue check (`docs/tickets.md`).
+    #[serde(default)]
+    pub tickets: crate::tickets::TicketsConfig,
     /// Rhai rules: where they are and how they are watched.
     #[serde(default)]
     pub rules: crate::automation::RulesConfig,
@@ -281,6 +284,7 @@ impl Config {
             });
         }
         crate::delivery::validate(self).map_err(ConfigError::Delivery)?;
+        self.tickets.validate().map_err(ConfigError::Delivery)?;
         if self.http.session_ttl_hours == 0 {
             return Err(ConfigError::Invalid {
                 field: "http.session_ttl_hours",

@@ -21,6 +21,7 @@ pub mod simulate;
 pub mod storage;
 pub mod telephony;
 pub mod testing;
+pub mod tickets;
 pub mod types;
 pub mod web;
 
@@ -119,6 +120,9 @@ pub async fn run(
             }
         }
     });
+    tasks.spawn(
+        tickets::Scheduler::new(&config.tickets).run(state.clone(), shutdown.clone()),
+    );
     let deliverer = delivery::Deliverer::from_config(&config).map_err(HubError::Setup)?;
     tasks.spawn(deliverer.run(state.clone(), shutdown.clone()));
     tasks.spawn(trim_readings(

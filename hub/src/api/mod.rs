@@ -18,6 +18,7 @@ pub mod rules;
 pub mod sensors;
 pub mod sites;
 pub mod tenants;
+pub mod tickets;
 pub mod users;
 
 use std::sync::Arc;
@@ -155,6 +156,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(campaigns::router())
         .merge(calls::router())
         .merge(alarms::router())
+        .merge(tickets::router())
 }
 
 /// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as

@@ -14,7 +14,9 @@ pub mod refs;
 pub mod sensors;
 pub mod sites;
 pub mod tenants;
+pub mod tickets;
 pub mod users;
+pub mod workers;
 
 use std::path::Path;
 use std::str::FromStr;
