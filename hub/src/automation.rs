@@ -698,6 +698,8 @@ pub enum ActionError {
     Telephony(#[from] crate::telephony::TelephonyError),
     #[error(transparent)]
     Connector(#[from] connectors::ConnectorError),
+    #[error(transparent)]
+    Ticket(#[from] crate::tickets::TicketError),
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -794,11 +796,9 @@ pub async fn perform(
             let req = parse("campaign", body)?;
             crate::campaigns::launch(state, actor, None, &req).await?;
         }
-        Action::CreateTicket(_) => {
-            // Tickets are the queues-and-tickets issue's; until then the request is refused visibly.
-            return Err(ActionError::Invalid(
-                "create_ticket: tickets are not available yet".into(),
-            ));
+        Action::CreateTicket(body) => {
+            let new: crate::tickets::NewTicket = parse("create_ticket", body)?;
+            crate::tickets::create(state, actor, &new).await?;
         }
         Action::NotifyStaff {
             tenant,
@@ -1155,7 +1155,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_to_an_unmapped_sensor_and_a_ticket_are_refused() {
+    async fn a_write_to_an_unmapped_sensor_is_refused() {
         let (state, _d) = hub().await;
         let err = perform_err(
             &state,
@@ -1166,13 +1166,59 @@ mod tests {
         )
         .await;
         assert_eq!(err, "no Modbus connector maps the sensor `hp.valve`");
+    }
+
+    #[tokio::test]
+    async fn a_rule_opens_a_ticket_through_the_ticket_layer() {
+        let (state, _d) = hub().await;
+        let mut sub = state.bus.subscribe("test");
+        perform(
+            &state,
+            &Writers::default(),
+            "rule:leak",
+            &Action::CreateTicket(serde_json::json!({
+                "tenant": "t1", "site": "b1", "category": "water",
+                "description": "water in the basement", "priority": "urgent"
+            })),
+        )
+        .await
+        .unwrap();
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT category, status, priority, source, created_by FROM tickets",
+        )
+        .fetch_all(&state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            [(
+                "water".into(),
+                "new".into(),
+                "urgent".into(),
+                "rules".into(),
+                "rule:leak".into()
+            )]
+        );
+        let event = sub.recv().await.unwrap();
+        assert!(
+            matches!(&event.kind, EventKind::TicketChanged(t) if t.site.as_deref() == Some("b1")),
+            "{event:?}"
+        );
         let err = perform_err(
             &state,
             Action::CreateTicket(
-                serde_json::json!({"tenant": "t1", "site": "rc", "category": "leak"}),
+                serde_json::json!({"tenant": "t1", "site": "nowhere", "category": "water"}),
             ),
         )
         .await;
-        assert_eq!(err, "create_ticket: tickets are not available yet");
+        assert_eq!(err, "site: no site `nowhere`");
+        let err = perform_err(
+            &state,
+            Action::CreateTicket(
+                serde_json::json!({"tenant": "t1", "category": "water", "colour": "red"}),
+            ),
+        )
+        .await;
+        assert!(err.contains("unknown field `colour`"), "{err}");
     }
 }

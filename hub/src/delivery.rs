@@ -150,6 +150,8 @@ struct Claimed {
     channels: Vec<String>,
     message: String,
     attempts: i64,
+    /// The row's own addresses (a field worker's contacts), used instead of a `[staff.GROUP]`.
+    addresses: Option<StaffGroup>,
 }
 
 /// The delivery worker: staff directory and channels, over the outbox in the database.
@@ -244,7 +246,11 @@ impl Deliverer {
     /// Tries the row's channels in order. `Ok(via)` once a kind reached at least one address;
     /// otherwise every reason, and whether trying again later could help.
     async fn try_channels(&self, row: &Claimed) -> Result<String, (String, bool)> {
-        let Some(group) = self.staff.get(&row.recipient) else {
+        let group = match &row.addresses {
+            Some(own) => Some(own),
+            None => self.staff.get(&row.recipient),
+        };
+        let Some(group) = group else {
             return Err((
                 format!(
                     "unknown staff group `{}`: add [staff.{}] to the configuration",
@@ -346,6 +352,9 @@ fn subject(message: &str) -> String {
     }
 }
 
+/// id, recipient, channels, message, attempts, addresses
+type ClaimedRow = (i64, String, String, String, i64, Option<String>);
+
 /// Claims the rows due at `now`: pending ones whose retry time has come, and `sending` ones whose
 /// lease ran out. The status test is repeated outside the sub-query so that, on PostgreSQL, a row
 /// another worker claimed meanwhile is re-checked and skipped.
@@ -355,10 +364,10 @@ async fn claim(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Claim
     let sql = format!(
         "UPDATE notifications SET status = 'sending', lease_until = $1
           WHERE id IN (SELECT id FROM notifications WHERE {DUE} ORDER BY id LIMIT $3) AND {DUE}
-          RETURNING id, recipient, channels, message, attempts"
+          RETURNING id, recipient, channels, message, attempts, addresses"
     );
     let now_ms = to_ms(now);
-    let rows: Vec<(i64, String, String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(now_ms + LEASE_SECONDS * 1000)
         .bind(now_ms)
         .bind(BATCH)
@@ -366,13 +375,16 @@ async fn claim(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Claim
         .await?;
     let mut claimed: Vec<Claimed> = rows
         .into_iter()
-        .map(|(id, recipient, channels, message, attempts)| Claimed {
-            id,
-            recipient,
-            channels: parse_json_list(&channels),
-            message,
-            attempts,
-        })
+        .map(
+            |(id, recipient, channels, message, attempts, addresses)| Claimed {
+                id,
+                recipient,
+                channels: parse_json_list(&channels),
+                message,
+                attempts,
+                addresses: addresses.and_then(|a| serde_json::from_str(&a).ok()),
+            },
+        )
         .collect();
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)

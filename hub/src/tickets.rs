@@ -1367,3 +1367,469 @@ async fn overdue_event(
     state.bus.publish(event);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Datelike, TimeZone};
+
+    use super::*;
+    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::names::Role;
+
+    /// Tenant `t1` with complex `rc` > building `b1` > apartment `a1`, and a consumer `c1` there.
+    async fn hub() -> (AppState, tempfile::TempDir) {
+        let (_app, state, _token, dir) = crate::api::test_app(Role::Operator).await;
+        let mut c = state.db.conn().await.unwrap();
+        let t = serde_json::from_value(
+            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+        drop(c);
+        let opts = ImportOptions {
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let files = [
+            (
+                ImportKind::Sites,
+                "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\nt1,a1,b1,apartment,Apt 1\nt1,b2,rc,building,B2\n",
+            ),
+            (
+                ImportKind::Consumers,
+                "tenant,external_id,kind,name,phones,life_support,sites\nt1,c1,resident,Ivanova,+79990000001,false,a1\n",
+            ),
+        ];
+        for (kind, text) in files {
+            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
+                .await
+                .unwrap();
+            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
+        }
+        (state, dir)
+    }
+
+    fn new_ticket(site: &str) -> NewTicket {
+        NewTicket {
+            tenant: Some("t1".into()),
+            site: Some(site.into()),
+            category: "heating".into(),
+            description: "cold radiators".into(),
+            consumer: Some("c1".into()),
+            ..NewTicket::default()
+        }
+    }
+
+    #[test]
+    fn transitions_follow_the_life_cycle() {
+        use TicketStatus::*;
+        assert!(check_transition(1, New, Assigned, true).is_ok());
+        assert!(check_transition(1, Assigned, InProgress, true).is_ok());
+        assert!(check_transition(1, InProgress, Done, true).is_ok());
+        assert!(check_transition(1, Done, Closed, true).is_ok());
+        assert!(check_transition(1, Done, InProgress, true).is_ok());
+        assert!(check_transition(1, New, Cancelled, false).is_ok());
+        let e = check_transition(7, New, Done, true).unwrap_err();
+        assert_eq!(
+            e,
+            "ticket 7 cannot go from new to done: from new only to assigned, in_progress, cancelled"
+        );
+        let e = check_transition(7, Closed, InProgress, true).unwrap_err();
+        assert!(e.ends_with("closed is final"), "{e}");
+        assert!(check_transition(7, Cancelled, New, true).is_err());
+        let e = check_transition(7, New, Assigned, false).unwrap_err();
+        assert!(e.contains("without an assignee"), "{e}");
+    }
+
+    #[test]
+    fn categories_are_known_or_lowercase_words() {
+        assert!(check_category("heating").is_ok());
+        assert!(check_category("lift_repair").is_ok());
+        assert!(check_category("Heating").is_err());
+        assert!(check_category("").is_err());
+        assert!(check_category("a b").is_err());
+        assert!(check_category(&"x".repeat(41)).is_err());
+    }
+
+    #[test]
+    fn due_time_and_slot_length_come_from_the_config() {
+        let c = TicketsConfig::default();
+        assert_eq!(c.due_after(Priority::Urgent), Duration::hours(4));
+        assert_eq!(c.due_after(Priority::Low), Duration::hours(168));
+        assert_eq!(c.slot_length("heating"), Duration::minutes(120));
+        assert_eq!(c.slot_length("water"), Duration::minutes(60));
+        assert!(c.validate().is_ok());
+        let bad = TicketsConfig {
+            slot_minutes: BTreeMap::from([("Bad Name".to_owned(), 10)]),
+            ..TicketsConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("slot_minutes"));
+    }
+
+    #[tokio::test]
+    async fn a_ticket_is_worked_and_every_change_is_kept() {
+        let (state, _d) = hub().await;
+        let mut sub = state.bus.subscribe("test");
+        let t = create(&state, "op", &new_ticket("a1")).await.unwrap();
+        assert_eq!(t.status, TicketStatus::New);
+        assert_eq!(t.contact_phone.as_deref(), Some("+79990000001"));
+        assert_eq!(t.priority, Priority::Normal);
+        let expected_due = t.created_at + Duration::hours(72);
+        assert!((t.due_at - expected_due).num_seconds().abs() <= 1);
+        let ev = sub.recv().await.unwrap();
+        assert!(
+            matches!(&ev.kind, EventKind::TicketChanged(i) if i.id == t.id && i.status == "new")
+        );
+
+        // Straight to done is refused with the reason.
+        let patch = TicketPatch {
+            status: Some(TicketStatus::Done),
+            ..TicketPatch::default()
+        };
+        match update(&state, "op", None, t.id, &patch).await {
+            Err(TicketError::Conflict(r)) => assert!(r.contains("from new only to"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // Assigning a user moves it to assigned.
+        let patch = TicketPatch {
+            assignee: Some(Some("u".into())),
+            priority: Some(Priority::High),
+            ..TicketPatch::default()
+        };
+        let t2 = update(&state, "op", None, t.id, &patch).await.unwrap();
+        assert_eq!(t2.status, TicketStatus::Assigned);
+        assert_eq!(t2.assignee.as_deref(), Some("u"));
+        let ev = sub.recv().await.unwrap();
+        assert!(
+            matches!(&ev.kind, EventKind::TicketChanged(i) if i.status == "assigned" && i.assignee.as_deref() == Some("u"))
+        );
+        for s in [
+            TicketStatus::InProgress,
+            TicketStatus::Done,
+            TicketStatus::Closed,
+        ] {
+            let patch = TicketPatch {
+                status: Some(s),
+                ..TicketPatch::default()
+            };
+            update(&state, "op", None, t.id, &patch).await.unwrap();
+        }
+        // A closed ticket takes comments, not changes.
+        let patch = TicketPatch {
+            priority: Some(Priority::Low),
+            ..TicketPatch::default()
+        };
+        assert!(matches!(
+            update(&state, "op", None, t.id, &patch).await,
+            Err(TicketError::Conflict(_))
+        ));
+        add_comment(&state, "op", None, t.id, "resident thanked us")
+            .await
+            .unwrap();
+        let mut conn = state.db.conn().await.unwrap();
+        let h = store::history(&mut conn, t.id).await.unwrap();
+        let fields: Vec<(&str, Option<&str>, Option<&str>)> = h
+            .iter()
+            .map(|e| (e.field.as_str(), e.old.as_deref(), e.new.as_deref()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("status", None, Some("new")),
+                ("status", Some("new"), Some("assigned")),
+                ("priority", Some("normal"), Some("high")),
+                ("assignee", None, Some("u")),
+                ("status", Some("assigned"), Some("in_progress")),
+                ("status", Some("in_progress"), Some("done")),
+                ("status", Some("done"), Some("closed")),
+                ("comment", None, Some("resident thanked us")),
+            ]
+        );
+        let audits: Vec<(String,)> =
+            sqlx::query_as("SELECT action FROM audit_log WHERE object_type = 'ticket' ORDER BY id")
+                .fetch_all(&state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(audits.len(), 6, "{audits:?}");
+        // Unknown site and tenant scope.
+        let mut bad = new_ticket("nowhere");
+        match create(&state, "op", &bad).await {
+            Err(TicketError::Storage(StorageError::Invalid { field, reason })) => {
+                assert_eq!(
+                    (field.as_str(), reason.as_str()),
+                    ("site", "no site `nowhere`")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        bad.site = None;
+        bad.category = "No Such".into();
+        assert!(matches!(
+            create(&state, "op", &bad).await,
+            Err(TicketError::Invalid { field, .. }) if field == "category"
+        ));
+        assert!(get_scoped(&mut conn, Some(999), t.id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn overdue_tickets_and_due_reminders_are_raised_once() {
+        let (state, _d) = hub().await;
+        let now = Utc::now();
+        let mut n = new_ticket("b1");
+        n.due_at = Some(now + Duration::hours(1));
+        let t = create(&state, "op", &n).await.unwrap();
+        let mut sub = state.bus.subscribe("test");
+        assert_eq!(
+            Scheduler::step(&state, now).await.unwrap(),
+            Raised::default()
+        );
+        let later = now + Duration::hours(2);
+        assert_eq!(
+            Scheduler::step(&state, later).await.unwrap().overdue,
+            [t.id]
+        );
+        let ev = sub.recv().await.unwrap();
+        assert!(matches!(&ev.kind, EventKind::TicketOverdue(i) if i.id == t.id));
+        // Once per overdue: later rounds (and a restarted hub, which reads the same row) stay quiet.
+        assert_eq!(
+            Scheduler::step(&state, later + Duration::hours(1))
+                .await
+                .unwrap(),
+            Raised::default()
+        );
+        let listed = {
+            let mut conn = state.db.conn().await.unwrap();
+            let f = store::TicketFilter {
+                overdue: Some(true),
+                ..Default::default()
+            };
+            store::list(&mut conn, &f, Default::default(), later)
+                .await
+                .unwrap()
+        };
+        assert_eq!(listed.len(), 1);
+        // A new due time can go overdue again.
+        let patch = TicketPatch {
+            due_at: Some(later + Duration::hours(1)),
+            ..TicketPatch::default()
+        };
+        update(&state, "op", None, t.id, &patch).await.unwrap();
+        assert_eq!(
+            Scheduler::step(&state, later + Duration::hours(2))
+                .await
+                .unwrap()
+                .overdue,
+            [t.id]
+        );
+        // Done tickets never go overdue.
+        let mut n2 = new_ticket("b2");
+        n2.due_at = Some(now + Duration::minutes(1));
+        n2.assignee = Some("u".into());
+        let t2 = create(&state, "op", &n2).await.unwrap();
+        complete(&state, "op", None, None, t2.id, "fixed")
+            .await
+            .unwrap();
+        let r = Scheduler::step(&state, later + Duration::hours(3))
+            .await
+            .unwrap();
+        assert!(r.overdue.is_empty(), "{r:?}");
+        // A reminder falls due once.
+        let rem = add_reminder(
+            &state,
+            "op",
+            None,
+            t2.id,
+            &NewReminder {
+                remind_at: now + Duration::minutes(30),
+                note: "tell her the pipe is fixed".into(),
+            },
+        )
+        .await
+        .unwrap();
+        let r = Scheduler::step(&state, now + Duration::minutes(10))
+            .await
+            .unwrap();
+        assert!(r.reminders.is_empty());
+        let r = Scheduler::step(&state, now + Duration::minutes(31))
+            .await
+            .unwrap();
+        assert_eq!(r.reminders, [(rem.id, t2.id)]);
+        let r = Scheduler::step(&state, now + Duration::minutes(32))
+            .await
+            .unwrap();
+        assert!(r.reminders.is_empty());
+        let done = finish_reminder(&state, "op", None, rem.id).await.unwrap();
+        assert!(done.done_at.is_some());
+        assert!(matches!(
+            finish_reminder(&state, "op", None, rem.id).await,
+            Err(TicketError::Conflict(_))
+        ));
+    }
+
+    /// The next Monday at least two days ahead, at midnight UTC.
+    fn next_monday() -> DateTime<Utc> {
+        let mut d = Utc::now().date_naive() + Duration::days(2);
+        while d.weekday() != chrono::Weekday::Mon {
+            d += Duration::days(1);
+        }
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_visit_is_booked_in_a_free_slot_and_the_worker_is_told() {
+        let (state, _d) = hub().await;
+        let hours: BTreeMap<String, Vec<String>> = schedule::DAYS[..5]
+            .iter()
+            .map(|d| ((*d).to_owned(), vec!["09:00-13:00".to_owned()]))
+            .collect();
+        let w = save_worker(
+            &state,
+            "op",
+            None,
+            &NewWorker {
+                tenant: Some("t1".into()),
+                external_id: "plumber-1".to_owned().try_into().unwrap(),
+                name: "Sidorov".into(),
+                trade: "plumber".into(),
+                skills: vec!["water".into()],
+                phone: Some("+79990000009".to_owned().try_into().unwrap()),
+                email: None,
+                telegram: None,
+                time_zone: Some("UTC".to_owned().try_into().unwrap()),
+                hours,
+                user: None,
+                active: true,
+            },
+        )
+        .await
+        .unwrap();
+        let mut n = new_ticket("a1");
+        n.category = "water".into();
+        let t = create(&state, "op", &n).await.unwrap();
+        let monday = next_monday();
+        let start = monday + Duration::hours(10);
+        let booked = book(
+            &state,
+            "op",
+            None,
+            t.id,
+            &Booking {
+                worker: "plumber-1".into(),
+                start,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(booked.status, TicketStatus::Assigned);
+        assert_eq!(booked.worker.as_deref(), Some("plumber-1"));
+        assert_eq!(booked.slot_end, Some(start + Duration::hours(1)));
+        let rows: Vec<(String, String, String, Option<String>)> =
+            sqlx::query_as("SELECT recipient, channels, message, addresses FROM notifications")
+                .fetch_all(&state.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0, "worker:plumber-1");
+        assert_eq!(rows[0].1, r#"["sms"]"#);
+        assert!(
+            rows[0].2.contains(&format!("Ticket #{}", t.id)),
+            "{}",
+            rows[0].2
+        );
+        assert!(rows[0].3.as_deref().unwrap_or("").contains("+79990000009"));
+
+        let slots = free_slots(
+            &state,
+            &w,
+            monday,
+            monday + Duration::days(1),
+            Duration::hours(1),
+        )
+        .await
+        .unwrap();
+        let starts: Vec<u32> = slots
+            .iter()
+            .map(|s| s.start.format("%H").to_string().parse().unwrap())
+            .collect();
+        assert_eq!(starts, [9, 11, 12]);
+
+        // Another ticket at an overlapping time, and outside the hours.
+        let t2 = create(&state, "op", &n).await.unwrap();
+        let at = |start| Booking {
+            worker: "plumber-1".into(),
+            start,
+        };
+        match book(
+            &state,
+            "op",
+            None,
+            t2.id,
+            &at(start + Duration::minutes(30)),
+        )
+        .await
+        {
+            Err(TicketError::Conflict(r)) => {
+                assert!(r.contains(&format!("by ticket {}", t.id)), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match book(
+            &state,
+            "op",
+            None,
+            t2.id,
+            &at(monday + Duration::hours(12) + Duration::minutes(30)),
+        )
+        .await
+        {
+            Err(TicketError::Conflict(r)) => {
+                assert!(r.contains("outside the working hours"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match book(
+            &state,
+            "op",
+            None,
+            t2.id,
+            &at(monday - Duration::days(1) + Duration::hours(10)),
+        )
+        .await
+        {
+            Err(TicketError::Conflict(r)) => {
+                assert!(r.contains("outside the working hours"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A day off takes the Monday away.
+        set_worker_day(&state, "op", &w, monday.date_naive(), Some(&[]), "sick")
+            .await
+            .unwrap();
+        match book(&state, "op", None, t2.id, &at(monday + Duration::hours(11))).await {
+            Err(TicketError::Conflict(r)) => {
+                assert!(r.contains("outside the working hours"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The worker (as a user) completes only their own ticket.
+        let mut conn = state.db.conn().await.unwrap();
+        let other = crate::storage::users::create(&mut conn, "w1", "x", Role::Operator, None)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE workers SET user_id = $1")
+            .bind(other.id)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        assert!(matches!(
+            complete(&state, "w1", Some(other.id), None, t2.id, "").await,
+            Err(TicketError::Forbidden(_)) | Err(TicketError::Conflict(_))
+        ));
+        let done = complete(&state, "w1", Some(other.id), None, t.id, "valve replaced")
+            .await
+            .unwrap();
+        assert_eq!(done.status, TicketStatus::Done);
+        assert_eq!(done.completion_note.as_deref(), Some("valve replaced"));
+    }
+}
