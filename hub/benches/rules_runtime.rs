@@ -252,6 +252,13 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         lagged()
     );
 
+    // The background readings of the latency phase are evaluated before the next phase counts.
+    let expected = before.group + published + background.iter().sum::<u64>();
+    anyhow::ensure!(
+        drained(&handle, expected).await?,
+        "the rules did not evaluate every background reading"
+    );
+
     // 3. Hot reload under load: rewrite `group_00` while readings flow; count its evaluations.
     let before = evaluations(&handle).await;
     let before_g0 = rule_evaluations(&handle, "group_00").await;

@@ -27,6 +27,8 @@ use crate::storage::{StorageError, audit, now_ms};
 const COMMAND_QUEUE: usize = 64;
 /// How often the world's sensors and network are refreshed from storage.
 const WORLD_REFRESH: Duration = Duration::from_secs(5);
+/// Events taken from the bus per wake-up of the runtime before it looks at commands and ticks.
+const EVENTS_PER_WAKEUP: usize = 256;
 
 /// `[rules]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -124,30 +126,40 @@ impl HubWorld {
         }
     }
 
-    /// Takes in a reading before rules see it.
-    fn apply(&self, event: &Event) {
-        if let EventKind::Reading { sensor, value } = &event.kind {
-            if let Some(s) = write(&self.sensors).get_mut(sensor) {
+    /// Takes in a reading before rules see it. False for a reading of a sensor the world has not
+    /// loaded yet (its history is kept all the same).
+    fn apply(&self, event: &Event) -> bool {
+        let EventKind::Reading { sensor, value } = &event.kind else {
+            return true;
+        };
+        let known = match write(&self.sensors).get_mut(sensor) {
+            Some(s) => {
                 s.value = Some(*value);
                 s.at = Some(event.at);
+                true
             }
-            let mut history = write(&self.history);
-            let h = history.entry(sensor.clone()).or_default();
-            h.push_back((event.at, *value));
-            let cutoff = event.at - self.keep;
-            while h.front().is_some_and(|(at, _)| *at < cutoff) {
-                h.pop_front();
-            }
+            None => false,
+        };
+        let mut history = write(&self.history);
+        let h = match history.get_mut(sensor) {
+            Some(h) => h,
+            None => history.entry(sensor.clone()).or_default(),
+        };
+        h.push_back((event.at, *value));
+        let cutoff = event.at - self.keep;
+        while h.front().is_some_and(|(at, _)| *at < cutoff) {
+            h.pop_front();
         }
+        known
     }
 
-    /// The sensor of a reading the world has not loaded yet.
-    fn unknown_sensor<'e>(&self, event: &'e Event) -> Option<&'e str> {
-        match &event.kind {
-            EventKind::Reading { sensor, .. } if !read(&self.sensors).contains_key(sensor) => {
-                Some(sensor)
-            }
-            _ => None,
+    /// Sets a reading as its sensor's last value (after `refresh` loaded a sensor new to the world).
+    fn apply_value(&self, event: &Event) {
+        if let EventKind::Reading { sensor, value } = &event.kind
+            && let Some(s) = write(&self.sensors).get_mut(sensor)
+        {
+            s.value = Some(*value);
+            s.at = Some(event.at);
         }
     }
 
@@ -433,17 +445,13 @@ impl Runtime {
                 () = shutdown.cancelled() => break,
                 event = sub.recv() => {
                     let Some(event) = event else { break };
-                    // Ingest publishes readings of known sensors only: an unknown one is new, and its
-                    // first reading must already see its kind, tenant and supply point.
-                    if let Some(sensor) = self.world.unknown_sensor(&event)
-                        && asked.insert(sensor.to_owned())
-                    {
-                        self.refresh_world().await;
+                    self.take(&event, &mut asked).await;
+                    // A run of waiting events per wake-up, bounded so commands and ticks still get
+                    // their turn under a flood.
+                    for _ in 0..EVENTS_PER_WAKEUP {
+                        let Some(event) = sub.try_recv() else { break };
+                        self.take(&event, &mut asked).await;
                     }
-                    self.world.apply(&event);
-                    let world: Arc<dyn World> = self.world.clone();
-                    let eval = self.set.evaluate(&event, &world);
-                    self.dispatch(eval).await;
                 }
                 Some(cmd) = self.commands.recv() => self.command(cmd).await,
                 _ = tick.tick() => {
@@ -469,6 +477,22 @@ impl Runtime {
             }
         }
         self.save_state().await;
+    }
+
+    /// One event from the bus: into the world, through the rules, their actions carried out.
+    async fn take(&mut self, event: &Event, asked: &mut HashSet<String>) {
+        if !self.world.apply(event)
+            && let EventKind::Reading { sensor, .. } = &event.kind
+            && asked.insert(sensor.clone())
+        {
+            // Ingest publishes readings of known sensors only: an unknown one is new, and its first
+            // reading must already see its kind, tenant and supply point.
+            self.refresh_world().await;
+            self.world.apply_value(event);
+        }
+        let world: Arc<dyn World> = self.world.clone();
+        let eval = self.set.evaluate(event, &world);
+        self.dispatch(eval).await;
     }
 
     /// Reloads the world; a new sensor or changed metadata re-routes readings (a sensor whose first
@@ -942,7 +966,7 @@ mod tests {
                 value: 70.0,
             },
         );
-        assert_eq!(world.unknown_sensor(&unknown), Some("hp.t"));
+        assert!(!world.apply(&unknown), "hp.t is not loaded yet");
         let opts = ImportOptions {
             actor: "test".into(),
             ..Default::default()
@@ -959,7 +983,9 @@ mod tests {
         .await
         .unwrap();
         assert!(world.refresh(&state).await.unwrap());
-        assert_eq!(world.unknown_sensor(&unknown), None);
+        world.apply_value(&unknown);
+        assert_eq!(world.sensor("hp.t").unwrap().value, Some(70.0));
+        assert!(world.apply(&unknown));
     }
 
     #[tokio::test]
@@ -1183,12 +1209,11 @@ mod tests {
         )
         .await
         .unwrap();
-        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
-            "SELECT category, status, priority, source, created_by FROM tickets",
-        )
-        .fetch_all(&state.db.pool)
-        .await
-        .unwrap();
+        let rows: Vec<(String, String, String, String, String)> =
+            sqlx::query_as("SELECT category, status, priority, source, created_by FROM tickets")
+                .fetch_all(&state.db.pool)
+                .await
+                .unwrap();
         assert_eq!(
             rows,
             [(

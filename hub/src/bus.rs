@@ -108,6 +108,30 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The next event if one is waiting, without waiting: lets a busy subscriber take a run of
+    /// events per wake-up. Lost events are counted as in `recv`.
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(e) => return Some(e),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                Err(
+                    broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed,
+                ) => return None,
+            }
+        }
+    }
+
+    fn lagged(&self, n: u64) {
+        self.metrics
+            .add("hub_bus_lagged_total", &[("subscriber", self.name)], n);
+        tracing::warn!(
+            subscriber = self.name,
+            lost = n,
+            "bus subscriber fell behind"
+        );
+    }
+
     /// The next event; `None` once the bus is gone or closed. Lost events are counted, not fatal.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
         loop {
@@ -117,15 +141,7 @@ impl Subscription {
             };
             match received {
                 Ok(e) => return Some(e),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    self.metrics
-                        .add("hub_bus_lagged_total", &[("subscriber", self.name)], n);
-                    tracing::warn!(
-                        subscriber = self.name,
-                        lost = n,
-                        "bus subscriber fell behind"
-                    );
-                }
+                Err(broadcast::error::RecvError::Lagged(n)) => self.lagged(n),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }

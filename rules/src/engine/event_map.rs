@@ -6,7 +6,7 @@ use rhai::{Dynamic, Map};
 
 use crate::action::SiteRef;
 use crate::event::{AlarmInfo, CallInfo, Event, EventKind, OutageInfo, TicketInfo};
-use crate::world::World;
+use crate::world::{SensorView, World};
 
 fn put(m: &mut Map, k: &str, v: impl Into<Dynamic>) {
     m.insert(k.into(), v.into());
@@ -33,18 +33,22 @@ pub(crate) fn site_map(s: &SiteRef) -> Dynamic {
 /// `type`, `at`, `ts` and `source`: common to every event map.
 pub(crate) fn envelope(kind: &str, at: DateTime<Utc>, source: &str) -> Map {
     let mut m = Map::new();
-    put(&mut m, "type", kind.to_string());
-    put(&mut m, "at", at.to_rfc3339());
-    put(&mut m, "ts", at.timestamp());
-    put(&mut m, "source", source.to_string());
+    envelope_into(&mut m, kind, at, source);
     m
 }
 
+fn envelope_into(m: &mut Map, kind: &str, at: DateTime<Utc>, source: &str) {
+    put(m, "type", kind.to_string());
+    put(m, "at", at.to_rfc3339());
+    put(m, "ts", at.timestamp());
+    put(m, "source", source.to_string());
+}
+
 /// Sensor fields plus what the world knows of the sensor (kind, unit, tenant, site, supply point).
-fn sensor_fields(m: &mut Map, sensor: &str, world: &dyn World) {
-    put(m, "sensor", sensor.to_string());
-    let meta = world.sensor(sensor);
-    let (kind, unit, tenant, site, point) = match &meta {
+pub(crate) fn sensor_fields(sensor: &str, meta: Option<&SensorView>) -> Map {
+    let mut m = Map::new();
+    put(&mut m, "sensor", sensor.to_string());
+    let (kind, unit, tenant, site, point) = match meta {
         Some(s) => (
             Dynamic::from(s.kind.clone()),
             Dynamic::from(s.unit.clone()),
@@ -60,11 +64,12 @@ fn sensor_fields(m: &mut Map, sensor: &str, world: &dyn World) {
             Dynamic::UNIT,
         ),
     };
-    put(m, "kind", kind);
-    put(m, "unit", unit);
-    put(m, "tenant", tenant);
-    put(m, "site", site);
-    put(m, "supply_point", point);
+    put(&mut m, "kind", kind);
+    put(&mut m, "unit", unit);
+    put(&mut m, "tenant", tenant);
+    put(&mut m, "site", site);
+    put(&mut m, "supply_point", point);
+    m
 }
 
 fn outage_fields(m: &mut Map, o: &OutageInfo) {
@@ -118,22 +123,24 @@ fn ticket_fields(m: &mut Map, t: &TicketInfo) {
     put(m, "due_at", opt_time(&t.due_at));
 }
 
-pub(crate) fn event_map(event: &Event, world: &dyn World) -> Dynamic {
-    let mut m = envelope(event.kind.name(), event.at, &event.source);
+/// The `ev` map of an event. `fields`: the sensor's part, when the caller has it cached.
+pub(crate) fn event_map(event: &Event, world: &dyn World, fields: Option<&Map>) -> Dynamic {
+    let sensor_part = |sensor: &str| match fields {
+        Some(f) => f.clone(),
+        None => sensor_fields(sensor, world.sensor(sensor).as_ref()),
+    };
+    let mut m = match &event.kind {
+        EventKind::Reading { sensor, .. }
+        | EventKind::SensorOffline { sensor }
+        | EventKind::SensorOnline { sensor } => sensor_part(sensor),
+        _ => Map::new(),
+    };
+    envelope_into(&mut m, event.kind.name(), event.at, &event.source);
     put(&mut m, "event_id", event.id as i64);
     match &event.kind {
-        EventKind::Reading { sensor, value } => {
-            sensor_fields(&mut m, sensor, world);
-            put(&mut m, "value", *value);
-        }
-        EventKind::SensorOffline { sensor } => {
-            sensor_fields(&mut m, sensor, world);
-            put(&mut m, "online", false);
-        }
-        EventKind::SensorOnline { sensor } => {
-            sensor_fields(&mut m, sensor, world);
-            put(&mut m, "online", true);
-        }
+        EventKind::Reading { value, .. } => put(&mut m, "value", *value),
+        EventKind::SensorOffline { .. } => put(&mut m, "online", false),
+        EventKind::SensorOnline { .. } => put(&mut m, "online", true),
         EventKind::OutageOpened(o) | EventKind::OutageUpdated(o) | EventKind::OutageClosed(o) => {
             outage_fields(&mut m, o)
         }

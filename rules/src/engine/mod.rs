@@ -176,6 +176,9 @@ struct Compiled {
 struct Route {
     reading: Vec<usize>,
     status: Vec<usize>,
+    /// The sensor's part of the event map (`sensor`, `kind`, `unit`, `tenant`, `site`,
+    /// `supply_point`), built once per sensor rather than once per reading.
+    fields: rhai::Map,
 }
 
 /// The set of loaded rules with their state, metrics and trace.
@@ -514,29 +517,38 @@ impl RuleSet {
             },
             runs: Vec::new(),
         };
-        let matched = self.matching(event, world.as_ref());
-        if matched.is_empty() {
+        let (matched, route) = self.matching(event, world.as_ref());
+        let indices: &[usize] = match (&route, &event.kind) {
+            (Some(r), EventKind::Reading { .. }) => &r.reading,
+            (Some(r), _) => &r.status,
+            (None, _) => &matched,
+        };
+        let Some((&last, rest)) = indices.split_last() else {
             return eval;
-        }
-        let ev = event_map::event_map(event, world.as_ref());
+        };
+        let ev = event_map::event_map(event, world.as_ref(), route.as_ref().map(|r| &r.fields));
         let input = if self.trace_capacity > 0 {
             event_map::summary(event)
         } else {
             String::new()
         };
-        for i in matched {
+        // Each rule gets its own copy of `ev` (a rule may change it); the last one takes the original.
+        for &i in rest {
             let run = self.run(i, ev.clone(), event.at, world, &input, None);
             eval.runs.push(run);
         }
+        let run = self.run(last, ev, event.at, world, &input, None);
+        eval.runs.push(run);
         eval
     }
 
-    /// Rule indices an event goes to, in id order.
-    fn matching(&mut self, event: &Event, world: &dyn World) -> Vec<usize> {
-        match &event.kind {
-            EventKind::Reading { sensor, .. } => self.route(sensor, world).reading.clone(),
-            EventKind::SensorOffline { sensor } | EventKind::SensorOnline { sensor } => {
-                self.route(sensor, world).status.clone()
+    /// Rule indices an event goes to, in id order: for sensor events, the sensor's cached route.
+    fn matching(&mut self, event: &Event, world: &dyn World) -> (Vec<usize>, Option<Arc<Route>>) {
+        let list = match &event.kind {
+            EventKind::Reading { sensor, .. }
+            | EventKind::SensorOffline { sensor }
+            | EventKind::SensorOnline { sensor } => {
+                return (Vec::new(), Some(self.route(sensor, world)));
             }
             EventKind::OutageOpened(o)
             | EventKind::OutageUpdated(o)
@@ -556,7 +568,8 @@ impl RuleSet {
             }
             // Cron is run by `run_cron`; a Tick on the bus is a record of it, not a trigger.
             EventKind::Tick { .. } => Vec::new(),
-        }
+        };
+        (list, None)
     }
 
     fn select(&self, pred: impl Fn(&Trigger) -> bool) -> Vec<usize> {
@@ -572,15 +585,11 @@ impl RuleSet {
         if let Some(r) = self.routes.get(sensor) {
             return r.clone();
         }
-        let needs_meta = self.rules.iter().flat_map(|r| &r.triggers).any(
-            |t| matches!(t, Trigger::Reading(f) | Trigger::SensorStatus(f) if f.needs_metadata()),
-        );
-        let meta = if needs_meta {
-            world.sensor(sensor)
-        } else {
-            None
+        let meta = world.sensor(sensor);
+        let mut route = Route {
+            fields: event_map::sensor_fields(sensor, meta.as_ref()),
+            ..Route::default()
         };
-        let mut route = Route::default();
         for (i, rule) in self.rules.iter().enumerate() {
             let reading = rule
                 .triggers

@@ -567,3 +567,96 @@ fn dry_run_compiles_without_installing() {
     assert_eq!(out[1].actions().count(), 1);
     assert!(dry_run("fn x(", &events, &StaticWorld::default()).is_err());
 }
+
+#[test]
+fn calls_and_tickets_reach_rules_that_filter_on_them() {
+    use crate::event::{CallInfo, TicketInfo};
+    let mut set = RuleSet::default();
+    load(
+        &mut set,
+        "surge",
+        r#"on_call(#{ direction: "inbound", site: "c-*" });
+           fn on_event(ev) {
+               let n = (this[ev.site] ?? 0) + 1;
+               this[ev.site] = n;
+               if n == 3 { notify_staff("dispatcher", "calls surge at " + ev.site + " from " + ev.from); }
+           }"#,
+    );
+    load(
+        &mut set,
+        "overdue",
+        r#"on_ticket(#{ priority: "urgent" });
+           fn on_event(ev) { if ev.type == "ticket_overdue" { notify_staff("chief", "ticket " + ev.id + " " + ev.category); } }"#,
+    );
+    let w = world();
+    let call = |n: u64, site: &str, direction: &str| Event {
+        id: n,
+        at: t0(),
+        source: "telephony".into(),
+        kind: EventKind::CallStarted(CallInfo {
+            id: n as i64,
+            tenant: Some("t1".into()),
+            direction: direction.into(),
+            from: format!("+7916000000{n}"),
+            to: "ivr".into(),
+            site: Some(site.into()),
+            consumer: None,
+            purpose: None,
+            outcome: None,
+            duration_s: None,
+        }),
+    };
+    let mut actions = Vec::new();
+    for (n, site, dir) in [
+        (1, "c-1", "inbound"),
+        (2, "c-1", "outbound"),
+        (3, "x-1", "inbound"),
+        (4, "c-1", "inbound"),
+        (5, "c-1", "inbound"),
+    ] {
+        actions.extend(set.evaluate(&call(n, site, dir), &w).into_actions());
+    }
+    assert_eq!(
+        actions,
+        vec![Action::NotifyStaff {
+            tenant: None,
+            to: "dispatcher".into(),
+            message: "calls surge at c-1 from +79160000005".into()
+        }]
+    );
+    let ticket = |kind: fn(TicketInfo) -> EventKind, priority: &str| Event {
+        id: 9,
+        at: t0(),
+        source: "tickets".into(),
+        kind: kind(TicketInfo {
+            id: 7,
+            tenant: "t1".into(),
+            site: None,
+            category: "heating".into(),
+            status: "new".into(),
+            priority: priority.into(),
+            assignee: None,
+            due_at: None,
+        }),
+    };
+    let w2 = world();
+    assert!(
+        set.evaluate(&ticket(EventKind::TicketChanged, "urgent"), &w2)
+            .into_actions()
+            .is_empty()
+    );
+    assert!(
+        set.evaluate(&ticket(EventKind::TicketOverdue, "low"), &w2)
+            .runs
+            .is_empty()
+    );
+    assert_eq!(
+        set.evaluate(&ticket(EventKind::TicketOverdue, "urgent"), &w2)
+            .into_actions(),
+        vec![Action::NotifyStaff {
+            tenant: None,
+            to: "chief".into(),
+            message: "ticket 7 heating".into()
+        }]
+    );
+}
