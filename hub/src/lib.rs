@@ -144,6 +144,12 @@ pub async fn run(
         .map_err(|e| HubError::Setup(e.to_string()))?;
         println!("sip listening on udp:{}", phone.sip_addr());
         tracing::info!(addr = %phone.sip_addr(), "sip listening");
+        // Callers who asked to be told when an outage is over (key 9 after the announcement).
+        tasks.spawn(telephony::restored::run(
+            db.clone(),
+            state.bus.clone(),
+            shutdown.clone(),
+        ));
     }
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use crate::harness::{Api, Hub, TestEnv, password_of, spawn_hub};
 
 /// A caller whose number belongs to a consumer of the seeded data.
-const KNOWN_CALLER: &str = "+79161234567";
+pub(crate) const KNOWN_CALLER: &str = "+79161234567";
 /// Longest a SIPp scenario may run.
 const SIPP_TIMEOUT_S: &str = "40";
 
@@ -22,7 +22,7 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn free_udp_port() -> u16 {
+pub(crate) fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("a free UDP port")
@@ -31,7 +31,7 @@ fn free_udp_port() -> u16 {
 
 /// Runs one SIPp call of `scenario` against the hub in the test's directory; panics with SIPp's error
 /// log unless every call succeeded.
-async fn sipp(env: &TestEnv, hub: SocketAddr, name: &str, extra: &[&str]) {
+pub(crate) async fn sipp(env: &TestEnv, hub: SocketAddr, name: &str, extra: &[&str]) {
     // SIPp's `play_pcap_audio` finds its pcaps as `pcap/...` relative to the working directory.
     let pcap = env.path("pcap");
     if !pcap.exists() {
@@ -80,7 +80,7 @@ async fn sipp(env: &TestEnv, hub: SocketAddr, name: &str, extra: &[&str]) {
 }
 
 /// The newest call record once it has ended (the recorder writes a moment after the call).
-async fn last_call(api: &Api) -> Value {
+pub(crate) async fn last_call(api: &Api) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let list = api.get_ok("/api/v1/calls").await;
@@ -96,7 +96,7 @@ async fn last_call(api: &Api) -> Value {
 
 /// Tenant, complex rc-1 with apartment a-1, consumer c1 (calling from `KNOWN_CALLER`) living there,
 /// and an active emergency outage on the complex. Returns the ids of c1 and rc-1.
-async fn seed(api: &Api) -> (i64, i64) {
+pub(crate) async fn seed(api: &Api) -> (i64, i64) {
     api.post_ok(
         "/api/v1/tenants",
         &json!({"external_id": "t1", "name": "Teplo", "kind": "supplier"}),
@@ -134,10 +134,10 @@ async fn seed(api: &Api) -> (i64, i64) {
 }
 
 /// One received RTP packet: arrival, payload type, marker, sequence, timestamp, audible.
-type Seen = (Instant, u8, bool, u16, u32, bool);
+pub(crate) type Seen = (Instant, u8, bool, u16, u32, bool);
 
 /// Collects the RTP arriving on `socket` until it has been quiet for a second.
-async fn collect_rtp(socket: UdpSocket) -> Vec<Seen> {
+pub(crate) async fn collect_rtp(socket: UdpSocket) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut buf = [0u8; 2048];
     while let Ok(Ok(n)) = tokio::time::timeout(

@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod import;
 pub mod ivr;
+pub mod meters;
 pub mod network;
 pub mod outages;
 pub mod rules;
@@ -155,6 +156,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ivr::router())
         .merge(campaigns::router())
         .merge(calls::router())
+        .merge(meters::router())
         .merge(alarms::router())
         .merge(tickets::router())
 }

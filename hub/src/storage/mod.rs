@@ -8,6 +8,7 @@ pub mod audit;
 pub mod campaigns;
 pub mod consumers;
 pub mod events;
+pub mod meters;
 pub mod network;
 pub mod outages;
 pub mod refs;

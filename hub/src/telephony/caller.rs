@@ -23,6 +23,8 @@ pub struct CallerInfo {
     pub mode: IvrMode,
     /// Text to play before the menu: an override's announcement or an active outage's.
     pub announcement: Option<String>,
+    /// The active outage on the caller's complex, which the caller may ask to be told the end of.
+    pub outage_id: Option<i64>,
 }
 
 impl CallerInfo {
@@ -34,6 +36,7 @@ impl CallerInfo {
             language: language.to_owned(),
             mode: IvrMode::Day,
             announcement: None,
+            outage_id: None,
         }
     }
 }
@@ -144,7 +147,9 @@ pub async fn lookup(
                 let end = o
                     .expected_end
                     .map(|e| e.with_timezone(&tz).format("%H:%M").to_string());
-                info.announcement = Some(announcement(&info.language, end.as_deref()));
+                let text = announcement(&info.language, end.as_deref());
+                info.announcement = Some(format!("{text} {}", notify_offer(&info.language)));
+                info.outage_id = Some(o.id);
             }
         }
     }
@@ -158,6 +163,15 @@ pub fn announcement(language: &str, end: Option<&str>) -> String {
         ("en", None) => "Emergency works at your site; the end time is being clarified.".to_owned(),
         (_, Some(t)) => format!("На вашем объекте аварийные работы, ожидаемое окончание {t}."),
         (_, None) => "На вашем объекте аварийные работы, время окончания уточняется.".to_owned(),
+    }
+}
+
+/// The offer after an outage's announcement (key `ivr::NOTIFY_KEY`).
+pub fn notify_offer(language: &str) -> &'static str {
+    if language == "en" {
+        "To get an SMS when it is over, press 9."
+    } else {
+        "Чтобы получить SMS, когда работы закончатся, нажмите 9."
     }
 }
 
@@ -245,8 +259,12 @@ mod tests {
             .unwrap();
         assert_eq!(
             hit.announcement.as_deref(),
-            Some("Emergency works at your site, expected to end at 18:00.")
+            Some(
+                "Emergency works at your site, expected to end at 18:00. To get an SMS when it \
+                 is over, press 9."
+            )
         );
+        assert!(hit.outage_id.is_some());
 
         // A site override wins over business hours and carries its own announcement.
         store::set_override(

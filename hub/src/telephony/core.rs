@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::TelephonyConfig;
+use super::asks::{self, Answer, AskContext};
 use super::caller::{self, CallerInfo};
 use super::ivr::{IvrRun, Node, Step};
 use super::media::{self, MEDIA_CHANNEL, MediaCmd, MediaSetup};
@@ -82,6 +83,11 @@ pub enum CoreMsg {
     },
     ActiveCalls {
         reply: oneshot::Sender<Vec<ActiveCall>>,
+    },
+    /// The database's answer to an IVR walk's question.
+    Answer {
+        key: CallKey,
+        answer: Answer,
     },
 }
 
@@ -273,6 +279,13 @@ impl Core {
                     })
                     .collect();
                 let _ = reply.send(calls);
+            }
+            CoreMsg::Answer { key, answer } => {
+                let steps = match self.calls.get_mut(&key).and_then(|c| c.ivr.as_mut()) {
+                    Some(ivr) => ivr.answer(answer, now),
+                    None => return,
+                };
+                self.apply(key, steps).await;
             }
         }
     }
@@ -674,6 +687,8 @@ impl Core {
             announcement,
             &info.language,
         );
+        let mut ivr = ivr;
+        ivr.offer_notify_when_over(info.outage_id);
         call.ivr = Some(ivr);
         let res = Response::to_request(&call.invite, 200, "OK", Some(&call.local_tag))
             .with_header(
@@ -838,6 +853,10 @@ impl Core {
                     call.queue = Some(q);
                     continue;
                 }
+                Step::Ask(ask) => {
+                    self.ask(key, ask);
+                    continue;
+                }
                 Step::Hangup => {
                     let outcome = if call.queue.is_some() {
                         "transferred"
@@ -854,6 +873,34 @@ impl Core {
                 tracing::warn!(call = key.0, "media task not keeping up: command dropped");
             }
         }
+    }
+
+    /// Has the IVR's question answered aside; the answer comes back as `CoreMsg::Answer`.
+    fn ask(&self, key: CallKey, ask: asks::Ask) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let info = call.caller.as_ref();
+        let ctx = AskContext {
+            sip_call_id: call.invite.common.call_id.clone(),
+            from_number: call
+                .from_number
+                .starts_with('+')
+                .then(|| call.from_number.clone()),
+            tenant_id: info.and_then(|i| i.tenant_id),
+            consumer_id: info.and_then(|i| i.consumer_id),
+            language: info
+                .map(|i| i.language.clone())
+                .unwrap_or_else(|| self.setup.config.language.clone()),
+        };
+        tracing::info!(call = key.0, ?ask, "ivr asks");
+        let (db, inbox) = (self.setup.db.clone(), self.setup.inbox.clone());
+        tokio::spawn(async move {
+            let answer = asks::serve(&db, ask, &ctx).await;
+            if inbox.send(CoreMsg::Answer { key, answer }).await.is_err() {
+                tracing::debug!("ivr answer: core gone");
+            }
+        });
     }
 
     /// Ends a call from our side: BYE if answered (487 is the caller's business while ringing).

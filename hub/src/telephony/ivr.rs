@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::asks::{ASK_TIMEOUT, Answer, Ask};
+use super::meters::{MeterRobot, Out};
 use super::prompts::PromptSource;
 use super::store::IvrMode;
 
@@ -134,9 +136,20 @@ pub enum Node {
         #[serde(default)]
         prompt: Option<Prompt>,
     },
+    /// The meter-readings robot: account number, then a reading per meter of the account, each
+    /// read back and confirmed (docs/telephony.md). Goes to `next` when done (hangs up when unset).
+    MeterReadings {
+        #[serde(default)]
+        next: Option<String>,
+        /// Largest increase over the last reading taken without question (the usual consumption
+        /// is checked anyway).
+        #[serde(default)]
+        max_increase: Option<f64>,
+    },
 }
 
-/// The menu of the seeds: 1-4 accounting, technical, connection, sales; 0 the dispatcher.
+/// The menu of the seeds: 1-4 accounting, technical, connection, sales; 5 meter readings (the
+/// robot); 0 the dispatcher.
 pub fn builtin_nodes() -> BTreeMap<String, Node> {
     let mut n = BTreeMap::new();
     let options = |pairs: &[(&str, &str)]| {
@@ -150,15 +163,16 @@ pub fn builtin_nodes() -> BTreeMap<String, Node> {
         Node::Menu {
             prompt: Prompt::text(
                 "Здравствуйте! Бухгалтерия — нажмите 1. Техническая служба — 2. Подключение — 3. \
-                 Отдел продаж — 4. Диспетчер — 0.",
+                 Отдел продаж — 4. Показания счётчиков — 5. Диспетчер — 0.",
                 "Hello! For accounting press 1. Technical service, 2. Connection, 3. Sales, 4. \
-                 The dispatcher, 0.",
+                 Meter readings, 5. The dispatcher, 0.",
             ),
             options: options(&[
                 ("1", "accounting"),
                 ("2", "technical"),
                 ("3", "connection"),
                 ("4", "sales"),
+                ("5", "meter_readings"),
                 ("0", "dispatcher"),
             ]),
             invalid: Some(Prompt::text("Неверный выбор.", "Invalid choice.")),
@@ -169,10 +183,11 @@ pub fn builtin_nodes() -> BTreeMap<String, Node> {
         "night".into(),
         Node::Menu {
             prompt: Prompt::text(
-                "Сейчас нерабочее время. Чтобы связаться с аварийным диспетчером, нажмите 0.",
-                "We are closed now. For the emergency dispatcher press 0.",
+                "Сейчас нерабочее время. Чтобы передать показания счётчиков, нажмите 5. Чтобы \
+                 связаться с аварийным диспетчером, нажмите 0.",
+                "We are closed now. For meter readings press 5. For the emergency dispatcher press 0.",
             ),
-            options: options(&[("0", "dispatcher")]),
+            options: options(&[("5", "meter_readings"), ("0", "dispatcher")]),
             invalid: None,
             fail: Some("goodbye".into()),
         },
@@ -212,6 +227,13 @@ pub fn builtin_nodes() -> BTreeMap<String, Node> {
             },
         );
     }
+    n.insert(
+        "meter_readings".into(),
+        Node::MeterReadings {
+            next: None,
+            max_increase: None,
+        },
+    );
     n.insert(
         "goodbye".into(),
         Node::Hangup {
@@ -259,6 +281,14 @@ impl IvrConfig {
                         exists(f, &from)?;
                     }
                 }
+                Node::MeterReadings { next, max_increase } => {
+                    if let Some(n) = next {
+                        exists(n, &from)?;
+                    }
+                    if max_increase.is_some_and(|m| !m.is_finite() || m <= 0.0) {
+                        return Err(format!("{from}: max_increase must be above 0"));
+                    }
+                }
                 Node::Transfer { .. } | Node::Hangup { .. } => {}
             }
         }
@@ -275,6 +305,8 @@ pub enum Step {
     Stop,
     /// The caller chose a queue.
     Queue(String),
+    /// Ask the database (aside); the answer comes back to `IvrRun::answer`.
+    Ask(Ask),
     /// End the call.
     Hangup,
 }
@@ -288,6 +320,8 @@ enum Waiting {
     },
     /// For digits of the current node until `deadline`.
     Digits,
+    /// For the answer to an `Ask` until `deadline`.
+    Answer,
     Done,
 }
 
@@ -311,7 +345,16 @@ pub struct IvrRun {
     waiting: Waiting,
     deadline: Option<Instant>,
     play_id: u64,
+    /// The meter robot, while the walk is in a `meter_readings` node.
+    robot: Option<MeterRobot>,
+    /// The outage the caller may ask to be told the end of (9), until they have.
+    notify_outage: Option<i64>,
+    /// The time of the event being handled.
+    now: Instant,
 }
+
+/// The key that asks for an SMS when the outage is over.
+pub const NOTIFY_KEY: char = '9';
 
 impl IvrRun {
     /// Starts at the node of `mode`, after `announcement` if there is one.
@@ -338,6 +381,9 @@ impl IvrRun {
             waiting: Waiting::Done,
             deadline: None,
             play_id: 0,
+            robot: None,
+            notify_outage: None,
+            now: Instant::now(),
         };
         let steps = match announcement {
             Some(a) => run.play(vec![a], After::Enter(start.clone())),
@@ -348,6 +394,23 @@ impl IvrRun {
 
     pub fn next_wakeup(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Offers the caller the SMS at the end of outage `outage` (key 9 in menus that do not use it);
+    /// the announcement says so.
+    pub fn offer_notify_when_over(&mut self, outage: Option<i64>) {
+        self.notify_outage = outage;
+    }
+
+    /// Where the walk is: the node and what it waits for (for logs and tests).
+    pub fn state(&self) -> String {
+        let waiting = match &self.waiting {
+            Waiting::Playback { .. } => "playback",
+            Waiting::Digits => "digits",
+            Waiting::Answer => "answer",
+            Waiting::Done => "done",
+        };
+        format!("{}:{waiting}", self.node)
     }
 
     fn play(&mut self, prompts: Vec<PromptSource>, then: After) -> Vec<Step> {
@@ -376,7 +439,13 @@ impl IvrRun {
         self.node = name;
         self.tries = 0;
         self.collected.clear();
+        self.robot = None;
         match node {
+            Node::MeterReadings { max_increase, .. } => {
+                let (robot, outs) = MeterRobot::start(&self.language, self.retries, max_increase);
+                self.robot = Some(robot);
+                self.robot_steps(outs)
+            }
             Node::Play { prompt, next } => {
                 let p = self.prompt(&prompt);
                 self.play(p, After::Enter(next))
@@ -404,8 +473,81 @@ impl IvrRun {
         }
     }
 
+    /// Turns what the robot said into steps: its texts become one playback, followed by listening,
+    /// an `Ask` or leaving the node.
+    fn robot_steps(&mut self, outs: Vec<Out>) -> Vec<Step> {
+        let mut prompts = Vec::new();
+        let mut steps = Vec::new();
+        for out in outs {
+            match out {
+                Out::Say(text) => prompts.push(PromptSource::Text {
+                    voice: self.language.clone(),
+                    text,
+                }),
+                Out::Listen => {
+                    steps.extend(self.play(std::mem::take(&mut prompts), After::Listen));
+                }
+                Out::Ask(ask) => {
+                    if !prompts.is_empty() {
+                        steps.extend(self.play(std::mem::take(&mut prompts), After::Listen));
+                    }
+                    steps.push(Step::Ask(Ask::Meters(ask)));
+                    self.waiting = Waiting::Answer;
+                    self.deadline = Some(self.now + ASK_TIMEOUT);
+                }
+                Out::Leave => {
+                    let next = match self.nodes.get(&self.node) {
+                        Some(Node::MeterReadings { next: Some(n), .. }) => After::Enter(n.clone()),
+                        _ => After::Hangup,
+                    };
+                    self.robot = None;
+                    steps.extend(self.play(std::mem::take(&mut prompts), next));
+                }
+            }
+        }
+        if steps.is_empty() {
+            // Nothing to say: keep collecting digits.
+            self.waiting = Waiting::Digits;
+            self.deadline = Some(self.now + self.timeout);
+        }
+        steps
+    }
+
+    /// The answer to an `Ask`.
+    pub fn answer(&mut self, answer: Answer, now: Instant) -> Vec<Step> {
+        self.now = now;
+        if self.waiting != Waiting::Answer {
+            return Vec::new();
+        }
+        self.deadline = None;
+        match answer {
+            Answer::Meters(a) => match self.robot.as_mut() {
+                Some(robot) => {
+                    let outs = robot.answer(a);
+                    self.robot_steps(outs)
+                }
+                None => Vec::new(),
+            },
+            Answer::NotifyWhenOver(ok) => {
+                let text = match (ok, self.language == "en") {
+                    (true, true) => "You will get an SMS when the supply is restored.",
+                    (true, false) => "Мы пришлём вам SMS, когда подача будет восстановлена.",
+                    (false, true) => "Sorry, the request could not be taken.",
+                    (false, false) => "Извините, не удалось принять запрос.",
+                };
+                let prompt = PromptSource::Text {
+                    voice: self.language.clone(),
+                    text: text.to_owned(),
+                };
+                let node = self.node.clone();
+                self.play(vec![prompt], After::Enter(node))
+            }
+        }
+    }
+
     /// The media task finished playback `id`.
     pub fn played(&mut self, id: u64, now: Instant) -> Vec<Step> {
+        self.now = now;
         let Waiting::Playback { id: current, then } = &self.waiting else {
             return Vec::new();
         };
@@ -428,6 +570,7 @@ impl IvrRun {
 
     /// A digit from the caller.
     pub fn digit(&mut self, d: char, now: Instant) -> Vec<Step> {
+        self.now = now;
         let listening = match &self.waiting {
             Waiting::Digits => true,
             // Digits interrupt a menu's own prompt, not announcements or goodbyes.
@@ -446,9 +589,20 @@ impl IvrRun {
         } else {
             Vec::new()
         };
+        if let Some(robot) = self.robot.as_mut() {
+            let outs = robot.digit(d, crate::storage::now_ms());
+            steps.extend(self.robot_steps(outs));
+            return steps;
+        }
         match self.nodes.get(&self.node).cloned() {
             Some(Node::Menu { options, .. }) => match options.get(d.to_string().as_str()) {
                 Some(next) => steps.extend(self.enter(next.clone())),
+                None if d == NOTIFY_KEY && self.notify_outage.is_some() => {
+                    let outage_id = self.notify_outage.take().unwrap_or_default();
+                    steps.push(Step::Ask(Ask::NotifyWhenOver { outage_id }));
+                    self.waiting = Waiting::Answer;
+                    self.deadline = Some(now + ASK_TIMEOUT);
+                }
                 None => steps.extend(self.retry()),
             },
             Some(Node::Collect {
@@ -471,9 +625,22 @@ impl IvrRun {
 
     /// Time passed: a menu's digit timeout.
     pub fn tick(&mut self, now: Instant) -> Vec<Step> {
+        self.now = now;
         match self.deadline {
             Some(d) if now >= d => {
                 self.deadline = None;
+                if self.waiting == Waiting::Answer {
+                    tracing::warn!(node = %self.node, "ivr: no answer from the database in time");
+                    let answer = match self.robot {
+                        Some(_) => Answer::Meters(super::meters::MeterAnswer::Failed),
+                        None => Answer::NotifyWhenOver(false),
+                    };
+                    return self.answer(answer, now);
+                }
+                if let Some(robot) = self.robot.as_mut() {
+                    let outs = robot.timeout(crate::storage::now_ms());
+                    return self.robot_steps(outs);
+                }
                 match self.nodes.get(&self.node).cloned() {
                     Some(Node::Collect { next, .. }) => self.enter(next),
                     _ => self.retry(),
@@ -626,6 +793,122 @@ mod tests {
         assert!(run.digit('1', now).contains(&Step::Stop));
         assert!(run.digit('2', now).is_empty());
         assert_eq!(run.digit('#', now), vec![Step::Hangup]);
+    }
+
+    fn asked(steps: &[Step]) -> Option<Ask> {
+        steps.iter().find_map(|s| match s {
+            Step::Ask(a) => Some(a.clone()),
+            _ => None,
+        })
+    }
+
+    fn spoken(steps: &[Step]) -> String {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Play { prompts, .. } => Some(prompts),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|p| match p {
+                PromptSource::Text { text, .. } => Some(text.as_str()),
+                PromptSource::File(_) => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn menu_key_5_walks_the_meter_robot_to_a_stored_reading() {
+        use crate::storage::meters::MeterKind;
+        use crate::telephony::meters::{MeterAnswer, MeterAsk, MeterInfo};
+        let now = Instant::now();
+        let (mut run, _) = start(IvrMode::Day, None);
+        let steps = run.digit('5', now);
+        assert_eq!(steps[0], Step::Stop);
+        assert_eq!(asked(&steps), Some(Ask::Meters(MeterAsk::CallerAccount)));
+        assert_eq!(run.state(), "meter_readings:answer");
+        assert!(run.digit('1', now).is_empty(), "no keys while asking");
+        let steps = run.answer(Answer::Meters(MeterAnswer::CallerAccount(None)), now);
+        assert!(spoken(&steps).contains("Введите номер лицевого счёта"));
+        run.played(play_id(&steps), now);
+        assert_eq!(run.state(), "meter_readings:digits");
+        for d in "7102".chars() {
+            assert!(run.digit(d, now).is_empty());
+        }
+        let steps = run.digit('#', now);
+        assert_eq!(
+            asked(&steps),
+            Some(Ask::Meters(MeterAsk::Account("7102".into())))
+        );
+        let meter = MeterInfo {
+            id: 3,
+            kind: MeterKind::HotWater,
+            serial: "HW-1".into(),
+            last_value: Some(50.0),
+            last_at: None,
+            monthly_increase: None,
+        };
+        let steps = run.answer(Answer::Meters(MeterAnswer::Meters(Some(vec![meter]))), now);
+        assert!(spoken(&steps).contains("горячая вода"), "{steps:?}");
+        // Keys interrupt the question.
+        assert_eq!(run.digit('5', now), vec![Step::Stop]);
+        run.digit('2', now);
+        let steps = run.digit('#', now);
+        assert!(spoken(&steps).contains("Вы ввели 52."), "{steps:?}");
+        let steps = run.digit('1', now);
+        assert_eq!(
+            asked(&steps),
+            Some(Ask::Meters(MeterAsk::Store {
+                meter_id: 3,
+                value: 52.0,
+                questioned: false
+            }))
+        );
+        let steps = run.answer(Answer::Meters(MeterAnswer::Stored), now);
+        assert!(spoken(&steps).contains("Спасибо"), "{steps:?}");
+        assert_eq!(run.played(play_id(&steps), now), vec![Step::Hangup]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_that_does_not_answer_ends_the_robot_politely() {
+        let (mut run, _) = start(IvrMode::Day, None);
+        run.digit('5', Instant::now());
+        tokio::time::advance(ASK_TIMEOUT).await;
+        let steps = run.tick(Instant::now());
+        assert!(spoken(&steps).contains("Попробуйте позже"), "{steps:?}");
+        let late = run.answer(
+            Answer::Meters(crate::telephony::meters::MeterAnswer::CallerAccount(None)),
+            Instant::now(),
+        );
+        assert!(late.is_empty(), "a late answer is ignored");
+        assert_eq!(
+            run.played(play_id(&steps), Instant::now()),
+            vec![Step::Hangup]
+        );
+    }
+
+    #[test]
+    fn key_9_after_the_announcement_subscribes_then_returns_to_the_menu() {
+        let now = Instant::now();
+        let (mut run, steps) = start(IvrMode::Emergency, Some("Авария"));
+        let steps = run.played(play_id(&steps), now);
+        // Without an outage, 9 is a wrong key.
+        let (mut plain, _) = start(IvrMode::Day, None);
+        assert!(asked(&plain.digit(NOTIFY_KEY, now)).is_none());
+        run.offer_notify_when_over(Some(44));
+        let menu = play_id(&steps);
+        let steps = run.digit(NOTIFY_KEY, now);
+        assert_eq!(asked(&steps), Some(Ask::NotifyWhenOver { outage_id: 44 }));
+        let steps = run.answer(Answer::NotifyWhenOver(true), now);
+        assert!(spoken(&steps).contains("SMS"), "{steps:?}");
+        let again = run.played(play_id(&steps), now);
+        assert!(
+            spoken(&again).contains("Бухгалтерия"),
+            "back to the menu: {again:?}"
+        );
+        assert_ne!(play_id(&again), menu);
+        assert!(asked(&run.digit(NOTIFY_KEY, now)).is_none(), "offered once");
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! (one RTP task per call: prompts out, DTMF in) and `recorder` (the `calls` table). The rest of the hub
 //! reaches it through the cloneable `Telephony` handle (rules: `set_ivr_mode`).
 
+pub mod asks;
 pub mod caller;
 pub mod core;
 pub mod g711;
 pub mod ivr;
 pub mod media;
+pub mod meters;
 pub mod prompts;
 pub mod recorder;
+pub mod restored;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;
@@ -315,6 +318,7 @@ async fn warm_up(
                 prompt, invalid, ..
             } => std::iter::once(prompt).chain(invalid).collect(),
             Node::Hangup { prompt } => prompt.iter().collect(),
+            Node::MeterReadings { .. } => Vec::new(),
         };
         for p in list {
             for lang in ["ru", "en"] {
