@@ -11,6 +11,7 @@ pub mod ivr;
 pub mod media;
 pub mod meters;
 pub mod prompts;
+pub mod queue;
 pub mod recorder;
 pub mod restored;
 pub mod rtp;
