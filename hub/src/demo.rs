@@ -332,8 +332,8 @@ pub async fn load(db: &Db) -> Result<DemoSummary, StorageError> {
         network::upsert(&mut tx, &mut refs, p).await?;
     }
     consumers::upsert_many(&mut tx, &mut refs, &set.consumers).await?;
-    // Cold and hot water meters for every resident (the IVR's meter-readings robot).
-    crate::storage::meters::seed_demo(&mut tx, SUPPLIER).await?;
+    // Field workers and a few tickets in every status (docs/tickets.md).
+    crate::tickets::demo::seed(&mut tx, SUPPLIER, chrono::Utc::now()).await?;
     for s in &set.sensors {
         sensors::upsert(&mut tx, &mut refs, s).await?;
     }

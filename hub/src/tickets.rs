@@ -5,6 +5,7 @@
 //! the database so that a restart neither repeats nor loses one. Field workers' visits are booked into
 //! free slots of their working hours (`schedule`) and announced to them through the notification outbox.
 
+pub mod demo;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -706,6 +707,11 @@ pub async fn update(
         None => t.status,
     };
     check_transition(id, before.status, target, has_assignee).map_err(TicketError::Conflict)?;
+    if matches!(target, TicketStatus::Assigned | TicketStatus::InProgress) && !has_assignee {
+        return Err(TicketError::Conflict(format!(
+            "ticket {id} cannot be {target} without an assignee: set `assignee` or `worker`"
+        )));
+    }
     if !before.status.is_open() && patch_touches_work(patch) {
         return Err(TicketError::Conflict(format!(
             "ticket {id} is {}: only a comment can be added",
@@ -731,6 +737,11 @@ pub async fn update(
         check_text("comment", c)?;
         store::add_comment(&mut tx, id, actor, c, now).await?;
         store::add_history(&mut tx, id, actor, "comment", None, Some(c), now).await?;
+    }
+    if changed == 0 && patch.comment.is_none() && patch.link_calls.is_empty() {
+        // Nothing to do: nothing written, nothing published.
+        tx.rollback().await?;
+        return Ok(t);
     }
     if changed == 0 {
         // Only calls or a comment: kept, audited, but the ticket itself did not change.
@@ -871,10 +882,10 @@ pub async fn book(
         .await?;
     let start = booking.start;
     if start < now {
-        return Err(TicketError::Conflict(format!(
-            "{} is in the past",
-            start.to_rfc3339()
-        )));
+        return Err(TicketError::invalid(
+            "start",
+            format!("{} is in the past", start.to_rfc3339()),
+        ));
     }
     let end = start + state.config.tickets.slot_length(&before.category);
     let sched = schedule_of(&mut tx, &worker).await?;
@@ -956,12 +967,14 @@ async fn notify_worker(
     let recipient = format!("worker:{}", w.external_id);
     let id = store::queue_personal_notification(
         conn,
-        t.tenant_id,
-        t.id,
-        &recipient,
-        &channels,
-        &addresses,
-        &message,
+        &store::PersonalNotification {
+            tenant_id: t.tenant_id,
+            ticket_id: t.id,
+            recipient: &recipient,
+            channels: &channels,
+            addresses: &addresses,
+            message: &message,
+        },
         now,
     )
     .await?;

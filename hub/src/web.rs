@@ -18,6 +18,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/html; charset=utf-8",
         include_str!("../../dashboards/web/alarms.html"),
     ),
+    (
+        "tickets.html",
+        "text/html; charset=utf-8",
+        include_str!("../../dashboards/web/tickets.html"),
+    ),
 ];
 
 pub fn router() -> Router<AppState> {

@@ -741,6 +741,9 @@ impl Acc {
     }
 }
 
+/// Tenant, site, site name and the number of calls.
+type CallCount = (Option<String>, Option<String>, Option<String>, i64);
+
 /// Tickets (and calls) per tenant, site and category for a period: counts, the most frequent
 /// requests, mean time to close and the share that went overdue.
 #[utoipa::path(get, path = "/reports/tickets", tag = "tickets", params(ReportQuery), responses((status = 200, body = TicketReport), (status = 422, body = super::Problem)))]
@@ -789,7 +792,7 @@ async fn report(
         }
     }
     // Calls of the period by tenant and by site.
-    let rows: Vec<(Option<String>, Option<String>, Option<String>, i64)> = {
+    let rows: Vec<CallCount> = {
         let mut conn = s.db.conn().await?;
         sqlx::query_as(
             "SELECT t.external_id, si.external_id, si.name, COUNT(*) FROM calls c

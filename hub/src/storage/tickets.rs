@@ -536,11 +536,14 @@ pub async fn link_call(
     Ok(done.rows_affected() > 0)
 }
 
+/// id, direction, from, to, started_at, ended_at, outcome
+type CallRow = (i64, String, String, String, i64, Option<i64>, String);
+
 pub async fn calls(
     conn: &mut AnyConnection,
     ticket_id: i64,
 ) -> Result<Vec<LinkedCall>, StorageError> {
-    let rows: Vec<(i64, String, String, String, i64, Option<i64>, String)> = sqlx::query_as(
+    let rows: Vec<CallRow> = sqlx::query_as(
         "SELECT c.id, c.direction, c.from_number, c.to_number, c.started_at, c.ended_at, c.outcome
            FROM ticket_calls l JOIN calls c ON c.id = l.call_id WHERE l.ticket_id = $1 ORDER BY c.id",
     )
@@ -808,15 +811,22 @@ pub async fn booked(
         .collect())
 }
 
-/// Queues a staff notification to one person (a field worker) at their own addresses.
+/// A staff notification to one person (a field worker) at their own addresses.
+pub struct PersonalNotification<'a> {
+    pub tenant_id: i64,
+    pub ticket_id: i64,
+    /// `worker:EXTERNAL_ID`
+    pub recipient: &'a str,
+    pub channels: &'a [String],
+    /// `{"phones": [...], "emails": [...], "telegram": [...]}`
+    pub addresses: &'a serde_json::Value,
+    pub message: &'a str,
+}
+
+/// Queues a personal notification in the outbox; returns its id.
 pub async fn queue_personal_notification(
     conn: &mut AnyConnection,
-    tenant_id: i64,
-    ticket_id: i64,
-    recipient: &str,
-    channels: &[String],
-    addresses: &serde_json::Value,
-    message: &str,
+    n: &PersonalNotification<'_>,
     now: DateTime<Utc>,
 ) -> Result<i64, StorageError> {
     let (id,): (i64,) = sqlx::query_as(
@@ -824,13 +834,13 @@ pub async fn queue_personal_notification(
            addresses, ticket_id)
          VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7) RETURNING id",
     )
-    .bind(tenant_id)
-    .bind(recipient)
-    .bind(super::json_list(channels))
-    .bind(message)
+    .bind(n.tenant_id)
+    .bind(n.recipient)
+    .bind(super::json_list(n.channels))
+    .bind(n.message)
     .bind(to_ms(now))
-    .bind(addresses.to_string())
-    .bind(ticket_id)
+    .bind(n.addresses.to_string())
+    .bind(n.ticket_id)
     .fetch_one(&mut *conn)
     .await?;
     Ok(id)
