@@ -334,6 +334,8 @@ pub async fn load(db: &Db) -> Result<DemoSummary, StorageError> {
     consumers::upsert_many(&mut tx, &mut refs, &set.consumers).await?;
     // Field workers and a few tickets in every status (docs/tickets.md).
     crate::tickets::demo::seed(&mut tx, SUPPLIER, chrono::Utc::now()).await?;
+    // Cold and hot water meters for every resident (the IVR's meter-readings robot).
+    crate::storage::meters::seed_demo(&mut tx, SUPPLIER).await?;
     for s in &set.sensors {
         sensors::upsert(&mut tx, &mut refs, s).await?;
     }

@@ -14,6 +14,7 @@ mod bad_input;
 mod demo;
 mod health;
 mod import;
+mod ivr;
 mod modbus;
 mod model;
 mod mqtt;
