@@ -2,7 +2,8 @@
 //! claims `pending` rows of the `notifications` outbox (status `sending` with a lease, so a hub stopped
 //! mid-send retries them after a restart), looks the recipient group up in `[staff.GROUP]`, and sends
 //! the message to every address of the first kind in the row's channel list that works, through the
-//! `[channels.NAME]` of that kind (`sms` -> `http_sms`, `email` -> `smtp`, `telegram` -> `telegram`).
+//! `[channels.NAME]` of that kind (`sms` -> `http_sms` or `smpp`, `email` -> `smtp`, `telegram` ->
+//! `telegram`).
 //! Transient failures are retried with backoff; the row ends `delivered` with its time or `failed`
 //! with the reason.
 
@@ -74,7 +75,7 @@ impl StaffGroup {
 pub fn kind_of(config: &ChannelConfig) -> Channel {
     match config {
         ChannelConfig::Smtp(_) => Channel::Email,
-        ChannelConfig::HttpSms(_) => Channel::Sms,
+        ChannelConfig::HttpSms(_) | ChannelConfig::Smpp(_) => Channel::Sms,
         ChannelConfig::Telegram(_) => Channel::Telegram,
     }
 }
@@ -187,12 +188,16 @@ impl Deliverer {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = every.tick() => {}
             }
             if let Err(e) = self.step(&state, Utc::now()).await {
                 tracing::warn!(error = %e, "notification delivery failed; retrying next round");
             }
+        }
+        // Sessions with gateways (SMPP) end politely: unbind before the process exits.
+        for route in &self.routes {
+            route.channel.close().await;
         }
     }
 
@@ -528,6 +533,7 @@ mod tests {
             };
             result.map(|()| Delivery {
                 receipt: "ok".into(),
+                ..Delivery::default()
             })
         }
         async fn healthcheck(&self) -> Result<(), ChannelError> {

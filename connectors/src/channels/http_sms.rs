@@ -230,6 +230,7 @@ impl Channel for HttpSmsChannel {
         }
         Ok(Delivery {
             receipt: shorten(&format!("{status} {body}")),
+            ..Delivery::default()
         })
     }
 

@@ -1,12 +1,14 @@
 //! Outbound channels: the last hop of the flow, where a staff notification or a campaign message leaves
-//! the hub as an e-mail ([`smtp`]), an SMS through an HTTP gateway ([`http_sms`]) or a Telegram message
-//! ([`telegram`]). One trait ([`Channel`]), one module per protocol, and one serde enum tagged by `type`
+//! the hub as an e-mail ([`smtp`]), an SMS through an HTTP gateway ([`http_sms`]) or an SMS centre
+//! ([`smpp`]), or a Telegram message ([`telegram`]). One trait ([`Channel`]), one module per protocol, and one serde enum tagged by `type`
 //! ([`ChannelConfig`], the `[channels.NAME]` tables of `hub.toml`) that builds them.
 //!
 //! Errors say what went wrong in words an operator can act on, and never carry a secret: passwords,
 //! tokens and gateway URLs (which often hold an API key) are left out of every message.
 
 pub mod http_sms;
+pub mod receipt;
+pub mod smpp;
 pub mod smtp;
 pub mod telegram;
 pub mod testing;
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use receipt::{IncomingReceipt, Receipt, ReceiptState, Receipts};
 
 /// Longest part of a gateway's answer kept in an error or a receipt.
 pub const MAX_ANSWER_CHARS: usize = 300;
@@ -33,10 +37,13 @@ pub struct OutboundMessage {
 }
 
 /// A message the gateway accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// What the gateway answered (an SMTP reply, a message id, a status line), shortened.
     pub receipt: String,
+    /// The ids under which the gateway reports on the message later, one per SMS part (SMPP); the
+    /// [`Receipt`]s from [`Channel::take_receipts`] name them. Empty for channels without receipts.
+    pub message_ids: Vec<String>,
 }
 
 /// Why a message was not sent. [`ChannelError::is_permanent`] tells whether trying again can help.
@@ -81,6 +88,17 @@ pub trait Channel: Send + Sync {
     ) -> impl Future<Output = Result<Delivery, ChannelError>> + Send;
     /// Checks that the gateway answers and accepts the credentials, without sending anything.
     fn healthcheck(&self) -> impl Future<Output = Result<(), ChannelError>> + Send;
+    /// The delivery receipts of what this channel sends, for the one component that tracks final
+    /// states: the first call takes them, later calls and channels without receipts get `None`.
+    /// Until they are taken, receipts are acknowledged to the gateway and dropped.
+    fn take_receipts(&self) -> Option<Receipts> {
+        None
+    }
+    /// Ends the channel's session with its gateway politely (SMPP unbind), waiting a few seconds at
+    /// most. Channels without a session have nothing to do.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// A boxed future of a [`DynChannel`].
@@ -94,6 +112,8 @@ pub trait DynChannel: Send + Sync {
         msg: &'a OutboundMessage,
     ) -> BoxFuture<'a, Result<Delivery, ChannelError>>;
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), ChannelError>>;
+    fn take_receipts(&self) -> Option<Receipts>;
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 impl<T: Channel> DynChannel for T {
@@ -106,6 +126,12 @@ impl<T: Channel> DynChannel for T {
     fn healthcheck(&self) -> BoxFuture<'_, Result<(), ChannelError>> {
         Box::pin(Channel::healthcheck(self))
     }
+    fn take_receipts(&self) -> Option<Receipts> {
+        Channel::take_receipts(self)
+    }
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(Channel::close(self))
+    }
 }
 
 /// `[channels.NAME]`: one configured outbound channel, tagged by `type`.
@@ -116,6 +142,8 @@ pub enum ChannelConfig {
     Smtp(smtp::SmtpConfig),
     /// SMS through an HTTP gateway.
     HttpSms(http_sms::HttpSmsConfig),
+    /// SMS through an SMS centre over SMPP 3.4.
+    Smpp(smpp::SmppConfig),
     /// Telegram Bot API `sendMessage`.
     Telegram(telegram::TelegramConfig),
 }
@@ -126,6 +154,7 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Smtp(_) => "smtp",
             ChannelConfig::HttpSms(_) => "http_sms",
+            ChannelConfig::Smpp(_) => "smpp",
             ChannelConfig::Telegram(_) => "telegram",
         }
     }
@@ -135,6 +164,7 @@ impl ChannelConfig {
         match self {
             ChannelConfig::Smtp(c) => c.validate(),
             ChannelConfig::HttpSms(c) => c.validate(),
+            ChannelConfig::Smpp(c) => c.validate(),
             ChannelConfig::Telegram(c) => c.validate(),
         }
     }
@@ -144,6 +174,7 @@ impl ChannelConfig {
         Ok(match self {
             ChannelConfig::Smtp(c) => Arc::new(smtp::SmtpChannel::new(c.clone())?),
             ChannelConfig::HttpSms(c) => Arc::new(http_sms::HttpSmsChannel::new(c.clone())?),
+            ChannelConfig::Smpp(c) => Arc::new(smpp::SmppChannel::new(c.clone())?),
             ChannelConfig::Telegram(c) => Arc::new(telegram::TelegramChannel::new(c.clone())?),
         })
     }

@@ -217,6 +217,7 @@ impl Channel for SmtpChannel {
                     response.code(),
                     response.message().collect::<Vec<_>>().join(" ")
                 )),
+                ..Delivery::default()
             }),
         }
     }

@@ -143,6 +143,7 @@ impl Channel for TelegramChannel {
                 Some(id) => format!("message_id {id}"),
                 None => "sent".into(),
             },
+            ..Delivery::default()
         })
     }
 

@@ -4,6 +4,7 @@
 //! reaches it through the cloneable `Telephony` handle (rules: `set_ivr_mode`).
 
 pub mod asks;
+pub mod answer_times;
 pub mod caller;
 pub mod core;
 pub mod g711;
