@@ -831,3 +831,251 @@ async fn report(
         top_requests: top,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::names::Role;
+
+    async fn call(
+        app: &axum::Router,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, v)
+    }
+
+    /// A call record of a tenant and site, an hour ago.
+    async fn a_call(state: &crate::api::AppState, tenant: i64, site: i64, recorded: bool) -> i64 {
+        let at = crate::storage::now_ms() - 3_600_000;
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO calls (sip_call_id, direction, from_number, to_number, tenant_id, site_id,
+               started_at, ended_at, outcome, recording)
+             VALUES ($1, 'inbound', '+79990000001', '100', $2, $3, $4, $5, 'answered', $6) RETURNING id",
+        )
+        .bind(format!("c-{tenant}-{site}"))
+        .bind(tenant)
+        .bind(site)
+        .bind(at)
+        .bind(at + 60_000)
+        .bind(recorded.then_some("calls/1.wav"))
+        .fetch_one(&state.db.pool)
+        .await
+        .unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn tenant_bound_users_see_their_tenant_and_calls_count_in_the_report() {
+        let (app, state, token, _d) = crate::api::test_app(Role::Operator).await;
+        let mut c = state.db.conn().await.unwrap();
+        for t in ["t1", "t2"] {
+            let t =
+                serde_json::from_value(json!({"external_id": t, "name": t, "kind": "supplier"}))
+                    .unwrap();
+            crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+        }
+        let opts = ImportOptions {
+            actor: "test".into(),
+            ..Default::default()
+        };
+        let sites = "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,a1,rc,apartment,A1\nt2,x1,,yard,X1\n";
+        let r = run(
+            &state.db,
+            ImportKind::Sites,
+            Format::Csv,
+            "s.csv",
+            sites,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let id_of = |sql: &'static str| {
+            let pool = state.db.pool.clone();
+            async move {
+                let (id,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+                id
+            }
+        };
+        let (t1, t2) = (
+            id_of("SELECT id FROM tenants WHERE external_id = 't1'").await,
+            id_of("SELECT id FROM tenants WHERE external_id = 't2'").await,
+        );
+        let a1 = id_of("SELECT id FROM sites WHERE external_id = 'a1'").await;
+        let rc = id_of("SELECT id FROM sites WHERE external_id = 'rc'").await;
+        let x1 = id_of("SELECT id FROM sites WHERE external_id = 'x1'").await;
+        let call1 = a_call(&state, t1, a1, true).await;
+        let call2 = a_call(&state, t2, x1, false).await;
+        // op2 works for t2 only.
+        let op2 = crate::storage::users::create(&mut c, "op2", "x", Role::Operator, Some(t2))
+            .await
+            .unwrap();
+        let token2 = crate::auth::new_token();
+        crate::storage::users::create_session(
+            &mut c,
+            &crate::auth::token_hash(&token2),
+            op2.id,
+            "session",
+            chrono::Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+        drop(c);
+
+        let (s, t) = call(
+            &app,
+            &token,
+            "POST",
+            "/api/v1/tickets",
+            Some(json!({"tenant": "t1", "site": "a1", "category": "heating", "calls": [call1]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{t}");
+        let tid = t["id"].as_i64().unwrap();
+        let (_, detail) = call(&app, &token, "GET", &format!("/api/v1/tickets/{tid}"), None).await;
+        assert_eq!(detail["calls"][0]["id"], call1, "{detail}");
+        assert_eq!(
+            detail["calls"][0]["recording"],
+            format!("/api/v1/calls/{call1}/recording")
+        );
+        assert_eq!(
+            detail["next_statuses"],
+            json!(["assigned", "in_progress", "cancelled"])
+        );
+        // Another tenant's call cannot be linked.
+        let (s, p) = call(
+            &app,
+            &token,
+            "PATCH",
+            &format!("/api/v1/tickets/{tid}"),
+            Some(json!({"link_calls": [call2]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["errors"][0]["field"], "calls");
+
+        // The tenant-bound operator: own tenant only.
+        let (s, p) = call(
+            &app,
+            &token2,
+            "POST",
+            "/api/v1/tickets",
+            Some(json!({"tenant": "t1", "category": "water"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+        assert_eq!(p["errors"][0]["field"], "tenant");
+        let (s, own) = call(
+            &app,
+            &token2,
+            "POST",
+            "/api/v1/tickets",
+            Some(json!({"site": "x1", "category": "power", "priority": "urgent"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{own}");
+        assert_eq!(own["tenant"], "t2");
+        let (_, list) = call(&app, &token2, "GET", "/api/v1/tickets", None).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+        let uri = format!("/api/v1/tickets/{tid}");
+        assert_eq!(
+            call(&app, &token2, "GET", &uri, None).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let patch = Some(json!({"status": "cancelled"}));
+        assert_eq!(
+            call(&app, &token2, "PATCH", &uri, patch).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let uri = format!("/api/v1/tickets?tenant={t1}");
+        assert_eq!(
+            call(&app, &token2, "GET", &uri, None).await.0,
+            StatusCode::FORBIDDEN
+        );
+
+        // Filters: the complex holds the apartment; bad values name the parameter.
+        let (_, list) = call(
+            &app,
+            &token,
+            "GET",
+            &format!("/api/v1/tickets?site={rc}"),
+            None,
+        )
+        .await;
+        assert_eq!(list["items"][0]["id"], tid, "{list}");
+        let (s, p) = call(&app, &token, "GET", "/api/v1/tickets?status=bogus", None).await;
+        assert_eq!(
+            (s, &p["errors"][0]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("status"))
+        );
+        let (s, p) = call(&app, &token, "GET", "/api/v1/tickets?site=99999", None).await;
+        assert_eq!(
+            (s, &p["errors"][0]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("site"))
+        );
+
+        // The report: tickets and calls per tenant and site.
+        let (s, r) = call(&app, &token, "GET", "/api/v1/reports/tickets", None).await;
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(
+            (r["total"]["tickets"].as_i64(), r["total"]["calls"].as_i64()),
+            (Some(2), Some(2)),
+            "{r}"
+        );
+        let site = r["by_site"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["key"] == "t1/a1")
+            .unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(
+            (site["tickets"].as_i64(), site["calls"].as_i64()),
+            (Some(1), Some(1)),
+            "{r}"
+        );
+        let (_, r) = call(&app, &token2, "GET", "/api/v1/reports/tickets", None).await;
+        assert_eq!(
+            (r["total"]["tickets"].as_i64(), r["total"]["calls"].as_i64()),
+            (Some(1), Some(1)),
+            "{r}"
+        );
+        assert_eq!(r["top_requests"][0]["key"], "power", "{r}");
+        let (s, p) = call(
+            &app,
+            &token,
+            "GET",
+            "/api/v1/reports/tickets?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, &p["errors"][0]["field"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("from"))
+        );
+    }
+}

@@ -500,6 +500,8 @@ pub struct LinkedCall {
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub outcome: String,
+    /// Where to fetch the call's recording, when it was recorded.
+    pub recording: Option<String>,
 }
 
 /// Links a call; the call must exist and be of the ticket's tenant (or of none). Linking twice is
@@ -536,15 +538,16 @@ pub async fn link_call(
     Ok(done.rows_affected() > 0)
 }
 
-/// id, direction, from, to, started_at, ended_at, outcome
-type CallRow = (i64, String, String, String, i64, Option<i64>, String);
+/// id, direction, from, to, started_at, ended_at, outcome, recorded
+type CallRow = (i64, String, String, String, i64, Option<i64>, String, i64);
 
 pub async fn calls(
     conn: &mut AnyConnection,
     ticket_id: i64,
 ) -> Result<Vec<LinkedCall>, StorageError> {
     let rows: Vec<CallRow> = sqlx::query_as(
-        "SELECT c.id, c.direction, c.from_number, c.to_number, c.started_at, c.ended_at, c.outcome
+        "SELECT c.id, c.direction, c.from_number, c.to_number, c.started_at, c.ended_at, c.outcome,
+                CASE WHEN c.recording IS NULL THEN 0 ELSE 1 END
            FROM ticket_calls l JOIN calls c ON c.id = l.call_id WHERE l.ticket_id = $1 ORDER BY c.id",
     )
     .bind(ticket_id)
@@ -553,7 +556,7 @@ pub async fn calls(
     Ok(rows
         .into_iter()
         .map(
-            |(id, direction, from, to, started_at, ended_at, outcome)| LinkedCall {
+            |(id, direction, from, to, started_at, ended_at, outcome, recorded)| LinkedCall {
                 id,
                 direction,
                 from,
@@ -561,6 +564,7 @@ pub async fn calls(
                 started_at: from_ms(started_at),
                 ended_at: ended_at.map(from_ms),
                 outcome,
+                recording: (recorded != 0).then(|| format!("/api/v1/calls/{id}/recording")),
             },
         )
         .collect())
