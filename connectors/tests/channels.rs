@@ -32,6 +32,8 @@ fn smtp(port: u16) -> SmtpChannel {
         password: None,
         from: "Hub <hub@teplo.example>".into(),
         timeout_seconds: 5,
+        rate_per_s: 0.0,
+        concurrency: 1,
     })
     .unwrap()
 }
@@ -74,6 +76,8 @@ async fn smtp_without_a_server_is_unavailable_and_keeps_the_password() {
             password: None,
             from: "hub@teplo.example".into(),
             timeout_seconds: 2,
+            rate_per_s: 0.0,
+            concurrency: 1,
         }
     })
     .unwrap();
@@ -96,6 +100,8 @@ fn sms(stub: &HttpStub, timeout_seconds: u64) -> HttpSmsChannel {
         content_type: "application/json".into(),
         success_contains: "accepted".into(),
         timeout_seconds,
+        rate_per_s: 0.0,
+        concurrency: 1,
     })
     .unwrap()
 }
@@ -181,6 +187,8 @@ fn telegram(stub: &HttpStub, timeout_seconds: u64) -> TelegramChannel {
         base_url: format!("{}/", stub.url()),
         token: Secret::new("123456:SECRET-token"),
         timeout_seconds,
+        rate_per_s: 0.0,
+        concurrency: 1,
     })
     .unwrap()
 }

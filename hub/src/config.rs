@@ -78,6 +78,9 @@ pub struct Config {
     /// see `docs/connectors.md`.
     #[serde(default)]
     pub channels: BTreeMap<String, connectors::channels::ChannelConfig>,
+    /// The campaign dispatcher: leases, quiet hours, the operators' hand-over (`docs/campaigns.md`).
+    #[serde(default)]
+    pub campaigns: crate::campaigns::CampaignsConfig,
 }
 
 /// `[mqtt_broker]`
@@ -284,6 +287,7 @@ impl Config {
             });
         }
         crate::delivery::validate(self).map_err(ConfigError::Delivery)?;
+        self.campaigns.validate().map_err(ConfigError::Delivery)?;
         self.tickets.validate().map_err(ConfigError::Delivery)?;
         if self.http.session_ttl_hours == 0 {
             return Err(ConfigError::Invalid {

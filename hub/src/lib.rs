@@ -125,6 +125,11 @@ pub async fn run(
     );
     let deliverer = delivery::Deliverer::from_config(&config).map_err(HubError::Setup)?;
     tasks.spawn(deliverer.run(state.clone(), shutdown.clone()));
+    if config.campaigns.enabled {
+        let dispatcher = campaigns::dispatch::Dispatcher::from_config(&config, None)
+            .map_err(HubError::Setup)?;
+        tasks.spawn(dispatcher.run(state.clone(), shutdown.clone()));
+    }
     tasks.spawn(trim_readings(
         db.clone(),
         config.database.readings_retention_days,

@@ -161,12 +161,38 @@ impl ChannelConfig {
 
     /// Checks what can be checked without connecting; errors name the key.
     pub fn validate(&self) -> Result<(), ChannelError> {
+        let (rate, concurrency) = match self {
+            ChannelConfig::Smtp(c) => (c.rate_per_s, c.concurrency),
+            ChannelConfig::HttpSms(c) => (c.rate_per_s, c.concurrency),
+            ChannelConfig::Smpp(c) => (c.rate_per_s, c.window),
+            ChannelConfig::Telegram(c) => (c.rate_per_s, c.concurrency),
+        };
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(ChannelError::Config(
+                "rate_per_s: a number of messages per second, 0 for no limit".into(),
+            ));
+        }
+        if concurrency == 0 {
+            return Err(ChannelError::Config("concurrency: at least 1".into()));
+        }
         match self {
             ChannelConfig::Smtp(c) => c.validate(),
             ChannelConfig::HttpSms(c) => c.validate(),
             ChannelConfig::Smpp(c) => c.validate(),
             ChannelConfig::Telegram(c) => c.validate(),
         }
+    }
+
+    /// Campaign pacing of the channel: messages per second at most (0: no limit) and messages in
+    /// flight at once (at least 1).
+    pub fn limits(&self) -> (f64, usize) {
+        let (rate, concurrency) = match self {
+            ChannelConfig::Smtp(c) => (c.rate_per_s, c.concurrency),
+            ChannelConfig::HttpSms(c) => (c.rate_per_s, c.concurrency),
+            ChannelConfig::Smpp(c) => (c.rate_per_s, c.window),
+            ChannelConfig::Telegram(c) => (c.rate_per_s, c.concurrency),
+        };
+        (rate.max(0.0), concurrency.max(1))
     }
 
     /// Builds the channel (no connection is made until the first message).
@@ -178,6 +204,11 @@ impl ChannelConfig {
             ChannelConfig::Telegram(c) => Arc::new(telegram::TelegramChannel::new(c.clone())?),
         })
     }
+}
+
+/// Default of every channel's `concurrency`.
+pub fn default_concurrency() -> usize {
+    8
 }
 
 /// Default of every channel's `timeout_seconds`.

@@ -24,6 +24,12 @@ pub struct TelegramConfig {
     /// Seconds to wait for the answer.
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
+    /// Campaign messages per second through this channel at most; 0: no limit.
+    #[serde(default)]
+    pub rate_per_s: f64,
+    /// Campaign messages in flight at once through this channel.
+    #[serde(default = "super::default_concurrency")]
+    pub concurrency: usize,
 }
 
 impl TelegramConfig {
