@@ -13,6 +13,7 @@ pub mod health;
 pub mod import;
 pub mod ivr;
 pub mod meters;
+pub mod recordings;
 pub mod network;
 pub mod outages;
 pub mod rules;
@@ -157,6 +158,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(campaigns::router())
         .merge(calls::router())
         .merge(meters::router())
+        .merge(recordings::router())
         .merge(alarms::router())
         .merge(tickets::router())
 }

@@ -55,6 +55,8 @@ pub struct CallKey(pub u64);
 pub enum MediaEvent {
     Dtmf(char),
     PlayDone(u64),
+    /// No RTP from the peer for `rtp_timeout_s`: it vanished without a BYE.
+    Timeout,
 }
 
 /// A call in progress, as `active_calls` shows it.
@@ -238,6 +240,10 @@ impl Core {
                 Message::Response(res) => self.on_response(&res, now),
             },
             CoreMsg::Media { key, event } => match event {
+                MediaEvent::Timeout => {
+                    tracing::info!(call = key.0, "no media from the peer: hanging up");
+                    self.hang_up(key, "media_timeout").await;
+                }
                 MediaEvent::Dtmf(d) => self.on_digit(key, d, now).await,
                 MediaEvent::PlayDone(id) => {
                     let steps = match self.calls.get_mut(&key).and_then(|c| c.ivr.as_mut()) {
@@ -649,6 +655,10 @@ impl Core {
     }
 
     async fn answer(&mut self, key: CallKey, now: Instant) {
+        let watch = match self.calls.get(&key) {
+            Some(c) if c.rtp.is_some() => self.media_watch(&c.invite.common.call_id),
+            _ => return,
+        };
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -674,6 +684,7 @@ impl Core {
             latch: self.setup.config.symmetric_rtp,
             prompts: self.setup.prompts.clone(),
             core: self.setup.inbox.clone(),
+            watch,
         };
         tokio::spawn(media::run(setup, cmd_rx, call.media_stop.clone()));
         let announcement = info.announcement.as_ref().map(|text| PromptSource::Text {
@@ -872,6 +883,28 @@ impl Core {
             {
                 tracing::warn!(call = key.0, "media task not keeping up: command dropped");
             }
+        }
+    }
+
+    /// The media timeout, the recording (`record`) and the counters of a call's media task.
+    fn media_watch(&self, sip_call_id: &str) -> media::MediaWatch {
+        let config = &self.setup.config;
+        media::MediaWatch {
+            rtp_timeout: (config.rtp_timeout_s > 0)
+                .then(|| Duration::from_secs(config.rtp_timeout_s)),
+            recording: config.record.then(|| {
+                super::recording::CallRecording::start(
+                    super::recording::path_for(
+                        &config.recordings_dir,
+                        sip_call_id,
+                        chrono::Utc::now(),
+                    ),
+                    self.setup.db.clone(),
+                    sip_call_id.to_owned(),
+                    self.setup.metrics.clone(),
+                )
+            }),
+            metrics: Some(self.setup.metrics.clone()),
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::core::{CallKey, CoreMsg, MediaEvent};
 use super::g711::{FRAME_SAMPLES, Law};
 use super::prompts::{Audio, PromptSource, Prompts};
+use super::recording::CallRecording;
 use super::rtp::{self, DtmfDetector, Packetizer};
 
 /// Commands to a media task; its channel holds this many.
@@ -40,6 +41,19 @@ pub struct MediaSetup {
     pub latch: bool,
     pub prompts: Arc<Prompts>,
     pub core: mpsc::Sender<CoreMsg>,
+    /// The media timeout, the recording and the counters.
+    pub watch: MediaWatch,
+}
+
+/// What a media task watches and keeps besides prompts and digits.
+#[derive(Default)]
+pub struct MediaWatch {
+    /// After this long without RTP from the caller, `MediaEvent::Timeout` (once).
+    pub rtp_timeout: Option<Duration>,
+    /// Both directions recorded.
+    pub recording: Option<CallRecording>,
+    /// Where RTP from a wrong address is counted (`hub_rtp_foreign_total`).
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 struct Playing {
@@ -59,7 +73,16 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
         latch,
         prompts,
         core,
+        watch,
     } = setup;
+    let MediaWatch {
+        rtp_timeout,
+        mut recording,
+        metrics,
+    } = watch;
+    let mut last_rtp = tokio::time::Instant::now();
+    let mut timed_out = false;
+    let mut foreign: u64 = 0;
     let seed = rand_u64();
     let mut out = Packetizer::new(
         law.payload_type(),
@@ -106,8 +129,19 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                 if let Err(e) = socket.send_to(&packet, remote).await {
                     tracing::debug!(call = key.0, error = %e, "rtp send failed");
                 }
+                if let Some(rec) = recording.as_mut() {
+                    rec.sent(frame.iter().map(|b| law.decode(*b)));
+                }
                 if let Some(id) = finished {
                     report(MediaEvent::PlayDone(id)).await;
+                }
+                if let Some(limit) = rtp_timeout
+                    && !timed_out
+                    && last_rtp.elapsed() >= limit
+                {
+                    timed_out = true;
+                    tracing::info!(call = key.0, silent_s = limit.as_secs(), "rtp: nothing from the caller");
+                    report(MediaEvent::Timeout).await;
                 }
             }
             cmd = cmds.recv() => match cmd {
@@ -148,6 +182,23 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                     tracing::info!(call = key.0, sdp = %remote, actual = %from, "rtp: latching on the caller's source address");
                     remote = from;
                     latched = true;
+                }
+                if !latch && from != remote {
+                    // Not the caller's SDP address: someone else's stream (or an attack), ignored.
+                    foreign += 1;
+                    if let Some(m) = &metrics {
+                        m.inc("hub_rtp_foreign_total", &[]);
+                    }
+                    if foreign == 1 {
+                        tracing::warn!(call = key.0, sdp = %remote, from = %from, "rtp from a wrong address ignored");
+                    }
+                    continue;
+                }
+                last_rtp = tokio::time::Instant::now();
+                if packet.payload_type == law.payload_type()
+                    && let Some(rec) = recording.as_mut()
+                {
+                    rec.heard(packet.payload.iter().map(|b| law.decode(*b)));
                 }
                 if Some(packet.payload_type) == dtmf_pt {
                     for digit in dtmf.push(packet.timestamp, packet.payload) {
@@ -214,6 +265,7 @@ mod tests {
                 latch: false,
                 prompts: Arc::new(Prompts::new(dir.path().into(), "false".into())),
                 core: core_tx,
+                watch: MediaWatch::default(),
             },
             cmd_rx,
             stop.clone(),

@@ -14,6 +14,7 @@ pub mod meters;
 pub mod prompts;
 pub mod queue;
 pub mod recorder;
+pub mod recording;
 pub mod restored;
 pub mod rtp;
 pub mod sdp;
@@ -81,6 +82,15 @@ pub struct TelephonyConfig {
     /// Text-to-speech program, called as `PROGRAM -v VOICE -w FILE -- TEXT` (espeak-ng's options).
     #[serde(default = "default_tts_command")]
     pub tts_command: String,
+    /// Seconds without RTP from the peer after which a call is ended (`media_timeout`); 0: never.
+    #[serde(default = "default_rtp_timeout_s")]
+    pub rtp_timeout_s: u64,
+    /// Record calls to WAV (stereo, 8 kHz 16-bit: caller left, hub right) under `recordings_dir`.
+    #[serde(default)]
+    pub record: bool,
+    /// Folder of call recordings, one sub-folder per day.
+    #[serde(default = "default_recordings_dir")]
+    pub recordings_dir: PathBuf,
     /// The IVR menus.
     #[serde(default)]
     pub ivr: IvrConfig,
@@ -113,6 +123,12 @@ fn default_prompts_dir() -> PathBuf {
 fn default_tts_command() -> String {
     "espeak-ng".into()
 }
+fn default_rtp_timeout_s() -> u64 {
+    30
+}
+fn default_recordings_dir() -> PathBuf {
+    PathBuf::from("data/recordings")
+}
 
 impl Default for TelephonyConfig {
     fn default() -> Self {
@@ -129,6 +145,9 @@ impl Default for TelephonyConfig {
             language: default_language(),
             prompts_dir: default_prompts_dir(),
             tts_command: default_tts_command(),
+            rtp_timeout_s: default_rtp_timeout_s(),
+            record: false,
+            recordings_dir: default_recordings_dir(),
             ivr: IvrConfig::default(),
         }
     }
