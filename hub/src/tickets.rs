@@ -369,6 +369,19 @@ pub fn check_transition(
     Ok(())
 }
 
+/// A transaction that holds the write lock from its first statement on SQLite. A deferred one that
+/// reads first and writes later fails at once (`SQLITE_BUSY_SNAPSHOT`, no busy wait) when another
+/// connection committed in between, e.g. the delivery worker recording a sent notification.
+async fn begin(state: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Any>, TicketError> {
+    let mut tx = state.db.pool.begin().await?;
+    if state.db.backend == crate::storage::Backend::Sqlite {
+        sqlx::query("UPDATE tickets SET id = id WHERE id = -1")
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}
+
 fn source_of(actor: &str) -> &'static str {
     if actor.starts_with("rule:") {
         "rules"
@@ -448,7 +461,7 @@ pub async fn create_scoped(
         (None, s) => s.to_owned(),
     };
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let mut refs = Refs::scoped(scope);
     let tenant_id = match (&new.tenant, scope) {
         (Some(t), _) => refs.tenant(&mut tx, t).await?,
@@ -643,7 +656,7 @@ pub async fn update(
     patch: &TicketPatch,
 ) -> Result<Ticket, TicketError> {
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let before = get_scoped(&mut tx, scope, id).await?;
     let mut t = before.clone();
     let mut refs = Refs::scoped(Some(t.tenant_id));
@@ -788,7 +801,7 @@ pub async fn add_comment(
     }
     check_text("text", text)?;
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     get_scoped(&mut tx, scope, id).await?;
     let c = store::add_comment(&mut tx, id, actor, text, now).await?;
     store::add_history(&mut tx, id, actor, "comment", None, Some(text), now).await?;
@@ -863,7 +876,7 @@ pub async fn book(
     booking: &Booking,
 ) -> Result<Ticket, TicketError> {
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let before = get_scoped(&mut tx, scope, id).await?;
     if !matches!(
         before.status,
@@ -1002,7 +1015,7 @@ pub async fn complete(
     let note = note.trim();
     check_text("note", note)?;
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let before = get_scoped(&mut tx, scope, id).await?;
     if let Some(uid) = actor_user
         && let Some(w) = staff::by_user(&mut tx, uid).await?
@@ -1057,7 +1070,7 @@ pub async fn add_reminder(
 ) -> Result<Reminder, TicketError> {
     check_text("note", &r.note)?;
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     get_scoped(&mut tx, scope, id).await?;
     let reminder = store::add_reminder(&mut tx, id, r.remind_at, r.note.trim(), actor, now).await?;
     let at = r.remind_at.to_rfc3339();
@@ -1083,7 +1096,7 @@ pub async fn finish_reminder(
     reminder_id: i64,
 ) -> Result<Reminder, TicketError> {
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let r = store::get_reminder(&mut tx, reminder_id).await?;
     if scope.is_some_and(|s| s != r.tenant_id) {
         return Err(StorageError::not_found(format!("reminder {reminder_id}")).into());
@@ -1180,7 +1193,7 @@ pub async fn save_worker(
         connectors::channels::telegram::check_chat_id(chat)
             .map_err(|e| TicketError::invalid("telegram", e.to_string()))?;
     }
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     let mut refs = Refs::scoped(scope);
     let tenant_id = match (&w.tenant, scope) {
         (Some(t), _) => refs.tenant(&mut tx, t).await?,
@@ -1250,7 +1263,7 @@ pub async fn set_worker_day(
     note: &str,
 ) -> Result<(), TicketError> {
     check_text("note", note)?;
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = begin(state).await?;
     match hours {
         Some(h) => {
             schedule::parse_spans("hours", h).map_err(|(f, r)| TicketError::invalid(f, r))?;
@@ -1329,7 +1342,7 @@ impl Scheduler {
             store::newly_overdue(&mut conn, now, SCHEDULER_BATCH).await?
         };
         for id in ids {
-            let mut tx = state.db.pool.begin().await?;
+            let mut tx = begin(state).await?;
             if !store::mark_overdue(&mut tx, id, now).await? {
                 continue;
             }
@@ -1344,7 +1357,7 @@ impl Scheduler {
             store::due_reminders(&mut conn, now, SCHEDULER_BATCH).await?
         };
         for (rid, tid) in due {
-            let mut tx = state.db.pool.begin().await?;
+            let mut tx = begin(state).await?;
             if !store::mark_reminder_fired(&mut tx, rid, now).await? {
                 continue;
             }
@@ -1582,6 +1595,32 @@ mod tests {
             Err(TicketError::Invalid { field, .. }) if field == "category"
         ));
         assert!(get_scoped(&mut conn, Some(999), t.id).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_change_racing_another_writer_waits_instead_of_failing() {
+        let (state, _d) = hub().await;
+        let t = create(&state, "op", &new_ticket("a1")).await.unwrap();
+        // Another connection commits between this change's read and its write (on SQLite a deferred
+        // transaction would fail with SQLITE_BUSY_SNAPSHOT here).
+        let mut tx = begin(&state).await.unwrap();
+        store::get(&mut tx, t.id).await.unwrap();
+        let writer = {
+            let db = state.db.clone();
+            tokio::spawn(async move {
+                sqlx::query(
+                    "INSERT INTO events (at, source, kind, payload) VALUES (0, 'x', 'x', '{}')",
+                )
+                .execute(&db.pool)
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        store::add_history(&mut tx, t.id, "op", "note", None, None, Utc::now())
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        writer.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -225,13 +225,17 @@ success_contains = "accepted"
 
     // The plumber reports it done; not someone else's ticket.
     let fitter = hub.login_as("fitter").await;
-    fitter
+    let p = fitter
         .post(
             &format!("/api/v1/tickets/{other_id}/complete"),
             &json!({"note": "-"}),
         )
         .await
         .problem(403);
+    assert_eq!(
+        p["detail"],
+        format!("ticket {other_id} is not assigned to worker `plumber-1`")
+    );
     let done = fitter
         .post_ok(
             &format!("/api/v1/tickets/{id}/complete"),

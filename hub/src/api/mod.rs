@@ -222,6 +222,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("your role may not do this: needs {0:?}")]
     Forbidden(Permission),
+    /// The role allows it, but not on this record (a worker completing another worker's ticket).
+    #[error("{0}")]
+    NotYours(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -266,7 +269,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden(_) | ApiError::NotYours(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),

@@ -50,10 +50,7 @@ impl From<TicketError> for ApiError {
             TicketError::Storage(e) => e.into(),
             TicketError::Invalid { field, reason } => ApiError::field(field, reason),
             TicketError::Conflict(reason) => ApiError::Conflict(reason),
-            TicketError::Forbidden(reason) => {
-                tracing::info!(%reason, "ticket change refused");
-                ApiError::Forbidden(Permission::HandleTickets)
-            }
+            TicketError::Forbidden(reason) => ApiError::NotYours(reason),
         }
     }
 }
