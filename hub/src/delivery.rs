@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::names::Channel;
 use crate::storage::alarms::journal;
 use crate::storage::{StorageError, from_ms, parse_json_list, to_ms};
+use crate::telephony::outbound::{OutboundCall, Outcome as CallOutcome, Playback};
 
 /// Sends of one notification before it is given up (the first one included).
 pub const MAX_ATTEMPTS: i64 = 5;
@@ -59,10 +60,10 @@ pub struct StaffGroup {
 impl StaffGroup {
     fn addresses(&self, kind: Channel) -> &[String] {
         match kind {
-            Channel::Sms => &self.phones,
+            Channel::Sms | Channel::Voice => &self.phones,
             Channel::Email => &self.emails,
             Channel::Telegram => &self.telegram,
-            Channel::Voice | Channel::Letter => &[],
+            Channel::Letter => &[],
         }
     }
 
@@ -153,6 +154,8 @@ struct Claimed {
     attempts: i64,
     /// The row's own addresses (a field worker's contacts), used instead of a `[staff.GROUP]`.
     addresses: Option<StaffGroup>,
+    /// The alarm an escalation is about: pressing 1 on the voice call acknowledges it.
+    alarm_id: Option<i64>,
 }
 
 /// The delivery worker: staff directory and channels, over the outbox in the database.
@@ -213,7 +216,7 @@ impl Deliverer {
             claim(&mut conn, now).await?
         };
         let outcomes: Vec<Outcome> = futures::stream::iter(claimed)
-            .map(|row| self.deliver(row, now))
+            .map(|row| self.deliver(state, row, now))
             .buffer_unordered(PARALLEL)
             .collect()
             .await;
@@ -224,9 +227,9 @@ impl Deliverer {
         Ok(outcomes)
     }
 
-    async fn deliver(&self, row: Claimed, now: DateTime<Utc>) -> Outcome {
+    async fn deliver(&self, state: &AppState, row: Claimed, now: DateTime<Utc>) -> Outcome {
         let attempt = row.attempts + 1;
-        let (reason, retryable) = match self.try_channels(&row).await {
+        let (reason, retryable) = match self.try_channels(state, &row).await {
             Ok(via) => {
                 tracing::info!(notification = row.id, recipient = %row.recipient, %via, "staff notification delivered");
                 return Outcome::Delivered { id: row.id, via };
@@ -250,7 +253,11 @@ impl Deliverer {
 
     /// Tries the row's channels in order. `Ok(via)` once a kind reached at least one address;
     /// otherwise every reason, and whether trying again later could help.
-    async fn try_channels(&self, row: &Claimed) -> Result<String, (String, bool)> {
+    async fn try_channels(
+        &self,
+        state: &AppState,
+        row: &Claimed,
+    ) -> Result<String, (String, bool)> {
         let group = match &row.addresses {
             Some(own) => Some(own),
             None => self.staff.get(&row.recipient),
@@ -282,7 +289,13 @@ impl Deliverer {
             };
             match kind {
                 Channel::Voice => {
-                    reasons.push("voice: voice calls are not available yet".to_owned());
+                    match voice(state, group, row).await {
+                        Ok(via) => return Ok(via),
+                        Err((reason, again)) => {
+                            retryable |= again;
+                            reasons.push(format!("voice: {reason}"));
+                        }
+                    }
                     continue;
                 }
                 Channel::Letter => {
@@ -344,6 +357,83 @@ impl Deliverer {
     }
 }
 
+/// Calls the group's phones one after the other until somebody answers. On an escalation, the message
+/// ends with "press 1 to acknowledge", and the 1 acknowledges the alarm as `phone:NUMBER`.
+async fn voice(
+    state: &AppState,
+    group: &StaffGroup,
+    row: &Claimed,
+) -> Result<String, (String, bool)> {
+    let Some(phone) = &state.telephony else {
+        return Err(("the telephony core is not running".to_owned(), false));
+    };
+    if group.phones.is_empty() {
+        return Err((
+            format!("staff group `{}` has no phones", row.recipient),
+            false,
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut retryable = false;
+    for number in &group.phones {
+        let number = connectors::channels::http_sms::normalize_phone(number)
+            .unwrap_or_else(|_| number.clone());
+        let mut text = row.message.clone();
+        let mut call = OutboundCall::new(
+            number.clone(),
+            if row.alarm_id.is_some() {
+                "escalation"
+            } else {
+                "staff"
+            },
+            Playback::Text(String::new()),
+        );
+        if row.alarm_id.is_some() {
+            text.push_str(". Нажмите 1, чтобы подтвердить тревогу.");
+            call.confirm_digits = "1".into();
+            call.repeat = 3;
+        }
+        call.play = Playback::Text(text);
+        let result = match phone.originate(call).await {
+            Ok(r) => r,
+            Err(e) => {
+                retryable = true;
+                errors.push(format!("{number}: {e}"));
+                continue;
+            }
+        };
+        match (&result.outcome, row.alarm_id) {
+            (CallOutcome::Confirmed { .. }, Some(alarm)) => {
+                let by = format!("phone:{number}");
+                let comment = format!("pressed 1 on the escalation call {}", result.id);
+                match crate::alarms::acknowledge(state, &by, alarm, &comment).await {
+                    Ok(_) => tracing::info!(alarm, %by, "alarm acknowledged by phone"),
+                    // Acknowledged by somebody else meanwhile: the call still reached them.
+                    Err(e) => {
+                        tracing::info!(alarm, %by, error = %e, "alarm not acknowledged by phone")
+                    }
+                }
+                return Ok(format!("voice ({number}, acknowledged)"));
+            }
+            (CallOutcome::Confirmed { .. } | CallOutcome::Answered, _) => {
+                return Ok(format!("voice ({number})"));
+            }
+            (other, _) => {
+                retryable = true;
+                errors.push(format!("{number}: {}", describe_outcome(other)));
+            }
+        }
+    }
+    Err((errors.join("; "), retryable))
+}
+
+fn describe_outcome(o: &CallOutcome) -> String {
+    serde_json::to_value(o)
+        .ok()
+        .and_then(|v| v.get("outcome").and_then(|x| x.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| format!("{o:?}"))
+}
+
 fn describe(route: &str, e: &ChannelError) -> String {
     format!("[{route}] {e}")
 }
@@ -357,8 +447,16 @@ fn subject(message: &str) -> String {
     }
 }
 
-/// id, recipient, channels, message, attempts, addresses
-type ClaimedRow = (i64, String, String, String, i64, Option<String>);
+/// id, recipient, channels, message, attempts, addresses, alarm_id
+type ClaimedRow = (
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+);
 
 /// Claims the rows due at `now`: pending ones whose retry time has come, and `sending` ones whose
 /// lease ran out. The status test is repeated outside the sub-query so that, on PostgreSQL, a row
@@ -369,7 +467,7 @@ async fn claim(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Claim
     let sql = format!(
         "UPDATE notifications SET status = 'sending', lease_until = $1
           WHERE id IN (SELECT id FROM notifications WHERE {DUE} ORDER BY id LIMIT $3) AND {DUE}
-          RETURNING id, recipient, channels, message, attempts, addresses"
+          RETURNING id, recipient, channels, message, attempts, addresses, alarm_id"
     );
     let now_ms = to_ms(now);
     let rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -381,13 +479,14 @@ async fn claim(conn: &mut AnyConnection, now: DateTime<Utc>) -> Result<Vec<Claim
     let mut claimed: Vec<Claimed> = rows
         .into_iter()
         .map(
-            |(id, recipient, channels, message, attempts, addresses)| Claimed {
+            |(id, recipient, channels, message, attempts, addresses, alarm_id)| Claimed {
                 id,
                 recipient,
                 channels: parse_json_list(&channels),
                 message,
                 attempts,
                 addresses: addresses.and_then(|a| serde_json::from_str(&a).ok()),
+                alarm_id,
             },
         )
         .collect();
@@ -760,7 +859,7 @@ mod tests {
             (
                 "on_duty_engineer",
                 vec!["voice"],
-                "voice: voice calls are not available yet",
+                "voice: the telephony core is not running",
             ),
             (
                 "on_duty_engineer",
