@@ -120,7 +120,7 @@ pub struct CampaignRequest {
     pub name: String,
     pub tenant: ExternalId,
     pub audience: Audience,
-    /// A built-in template set by name (`heat_emergency`, `planned_outage_10d`, `planned_outage_2d`,
+    /// A built-in template set by name (`heat_emergency`, `emergency_outage`, `planned_outage_10d`, `planned_outage_2d`,
     /// `service_restored`, `debt`); `templates` overrides it.
     #[serde(default)]
     pub template: String,
@@ -400,14 +400,14 @@ pub async fn prepare(
         None if req.template.is_empty() => {
             return Err(StorageError::invalid(
                 "template",
-                "name a template set (heat_emergency, planned_outage_10d, planned_outage_2d, service_restored, debt) or give `templates`",
+                "name a template set (heat_emergency, emergency_outage, planned_outage_10d, planned_outage_2d, service_restored, debt) or give `templates`",
             ));
         }
         None => templates::builtin(&req.template).ok_or_else(|| {
             StorageError::invalid(
                 "template",
                 format!(
-                    "`{}` is not a built-in template: use heat_emergency, planned_outage_10d, planned_outage_2d, service_restored or debt, or give `templates`",
+                    "`{}` is not a built-in template: use heat_emergency, emergency_outage, planned_outage_10d, planned_outage_2d, service_restored or debt, or give `templates`",
                     req.template
                 ),
             )

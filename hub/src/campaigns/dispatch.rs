@@ -680,8 +680,8 @@ mod tests {
             None,
             &request(serde_json::json!({
                 "name": "Авария", "tenant": "t1", "audience": {"supply_point": "hp"},
-                "template": "heat_emergency", "channels": ["voice", "sms", "email"],
-                "variables": {"starts_at": "2025-06-02T07:00:00Z", "expected_end": null},
+                "template": "emergency_outage", "channels": ["voice", "sms", "email"],
+                "variables": {"starts_at": "2025-06-02T07:00:00Z", "expected_end": null, "reason": "порыв"},
                 "override_quiet_hours": true, "handover_minutes": 0
             })),
         )

@@ -68,20 +68,36 @@ fn t(sms: &str, subject: &str, body: &str, messenger: &str, voice: &str) -> Text
 /// The built-in library by name: the templates the example rules use, and a debt reminder.
 pub fn builtin(name: &str) -> Option<TemplateSet> {
     let (ru, en) = match name {
-        "heat_emergency" | "emergency_outage" => (
+        "heat_emergency" => (
             t(
-                "{name}, авария: по адресу {address} нарушено теплоснабжение с {starts_at}. Бригада работает, ожидаемое восстановление: {expected_end}.",
+                "{name}, авария: по адресу {address} нарушено теплоснабжение. Аварийная бригада уже работает.",
                 "Авария: {address}",
-                "Уважаемый(ая) {name}!\n\nПо адресу {address} с {starts_at} нарушено теплоснабжение. Аварийная бригада уже работает. Ожидаемое восстановление: {expected_end}.\n\nПриносим извинения за неудобства.",
-                "{name}, авария: по адресу {address} нарушено теплоснабжение с {starts_at}. Ожидаемое восстановление: {expected_end}.",
-                "Здравствуйте, {name}. По адресу {address} произошла авария, теплоснабжение нарушено. Аварийная бригада уже работает. Ожидаемое восстановление: {expected_end}. Нажмите 1, чтобы подтвердить получение.",
+                "Уважаемый(ая) {name}!\n\nПо адресу {address} нарушено теплоснабжение. Аварийная бригада уже работает.\n\nПриносим извинения за неудобства.",
+                "{name}, авария: по адресу {address} нарушено теплоснабжение. Аварийная бригада уже работает.",
+                "Здравствуйте, {name}. По адресу {address} произошла авария, теплоснабжение нарушено. Аварийная бригада уже работает. Нажмите 1, чтобы подтвердить получение.",
             ),
             t(
-                "{name}: heating outage at {address} since {starts_at}. A crew is working; expected restoration: {expected_end}.",
+                "{name}: heating outage at {address}. A repair crew is at work.",
                 "Outage: {address}",
-                "Dear {name},\n\nThe heating at {address} has been interrupted since {starts_at}. A repair crew is at work. Expected restoration: {expected_end}.\n\nWe apologise for the inconvenience.",
-                "{name}: heating outage at {address} since {starts_at}. Expected restoration: {expected_end}.",
-                "Hello, {name}. There is a heating outage at {address}. A repair crew is at work. Expected restoration: {expected_end}. Press 1 to confirm you heard this message.",
+                "Dear {name},\n\nThe heating at {address} is interrupted. A repair crew is at work.\n\nWe apologise for the inconvenience.",
+                "{name}: heating outage at {address}. A repair crew is at work.",
+                "Hello, {name}. There is a heating outage at {address}. A repair crew is at work. Press 1 to confirm you heard this message.",
+            ),
+        ),
+        "emergency_outage" => (
+            t(
+                "{name}, авария: по адресу {address} отключение с {starts_at}. Бригада работает, ожидаемое восстановление: {expected_end}.",
+                "Авария: {address}",
+                "Уважаемый(ая) {name}!\n\nПо адресу {address} с {starts_at} аварийное отключение ({reason}). Аварийная бригада уже работает. Ожидаемое восстановление: {expected_end}.\n\nПриносим извинения за неудобства.",
+                "{name}, авария: по адресу {address} отключение с {starts_at}. Ожидаемое восстановление: {expected_end}.",
+                "Здравствуйте, {name}. По адресу {address} произошла авария, подача прекращена. Аварийная бригада уже работает. Ожидаемое восстановление: {expected_end}. Нажмите 1, чтобы подтвердить получение.",
+            ),
+            t(
+                "{name}: emergency outage at {address} since {starts_at}. A crew is working; expected restoration: {expected_end}.",
+                "Outage: {address}",
+                "Dear {name},\n\nThere is an emergency outage at {address} since {starts_at} ({reason}). A repair crew is at work. Expected restoration: {expected_end}.\n\nWe apologise for the inconvenience.",
+                "{name}: emergency outage at {address} since {starts_at}. Expected restoration: {expected_end}.",
+                "Hello, {name}. There is an emergency outage at {address}. A repair crew is at work. Expected restoration: {expected_end}. Press 1 to confirm you heard this message.",
             ),
         ),
         "planned_outage_10d" | "planned_outage_2d" | "planned_outage" => (
