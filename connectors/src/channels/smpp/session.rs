@@ -31,6 +31,9 @@ use crate::channels::receipt::IncomingReceipt;
 /// after a lost connection is made at once.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A session that breaks sooner than this after its bind counts as a failed attempt (backoff), so a
+/// centre that accepts binds and then drops the connection is not hammered.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// How long an unbind waits for its response when the channel closes.
 const UNBIND_WAIT: Duration = Duration::from_secs(2);
 /// deliver_sm_resp status asking the SMS centre to send a receipt again later.
@@ -225,14 +228,18 @@ impl Session {
             };
             let error = match attempt {
                 Ok(conn) => {
-                    backoff = BACKOFF_FIRST;
-                    failed_attempts = 0;
+                    let bound_at = Instant::now();
                     match self.serve(conn).await {
                         End::Stopped => break 'session,
-                        End::Lost(reason) => {
+                        End::Lost(reason) if bound_at.elapsed() >= STABLE_SESSION => {
                             tracing::warn!(gateway = %self.gateway, %reason, "smpp session lost; reconnecting");
                             // Straight back: the SMS centre may only have restarted.
+                            backoff = BACKOFF_FIRST;
+                            failed_attempts = 0;
                             continue 'session;
+                        }
+                        End::Lost(reason) => {
+                            self.unavailable(format!("session lost right after the bind: {reason}"))
                         }
                     }
                 }
