@@ -6,7 +6,10 @@
 //!
 //! `cargo bench -p hub --bench telephony`. Needs `sipp` (Debian `sip-tester`) and `espeak-ng`.
 //! Environment: `HUB_BENCH_CALLS` (default 500), `HUB_BENCH_CALL_SECONDS` (default 10),
-//! `HUB_BENCH_RATE` (new calls per second, default 100).
+//! `HUB_BENCH_RATE` (new calls per second, default 100). `HUB_BENCH_LOAD=rate` is the second
+//! load: 50 new calls per second for a minute (3,000 calls of 5 s unless the variables say otherwise).
+//! Reported besides: failed calls (SIPp's count), the pacing jitter (|gap - 20 ms|) and the memory per
+//! call (the growth of this process's resident memory at the peak, divided by the calls up then).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,10 +88,38 @@ async fn sink(socket: UdpSocket, stop: CancellationToken) -> Sink {
     }
 }
 
+/// Resident memory of this process in bytes, from /proc/self/status.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// SIPp's cumulative count on the line starting with `row` of its final statistics screen.
+fn sipp_count(stdout: &str, row: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(row))
+        .and_then(|l| l.split('|').nth(2))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn main() -> anyhow::Result<()> {
-    let calls = env_size("HUB_BENCH_CALLS", 500)?.max(1);
-    let seconds = env_size("HUB_BENCH_CALL_SECONDS", 10)?.max(1);
-    let rate = env_size("HUB_BENCH_RATE", 100)?.max(1);
+    let rate_load = std::env::var("HUB_BENCH_LOAD").is_ok_and(|v| v == "rate");
+    let (d_calls, d_seconds, d_rate) = if rate_load {
+        (3000, 5, 50)
+    } else {
+        (500, 10, 100)
+    };
+    let calls = env_size("HUB_BENCH_CALLS", d_calls)?.max(1);
+    let seconds = env_size("HUB_BENCH_CALL_SECONDS", d_seconds)?.max(1);
+    let rate = env_size("HUB_BENCH_RATE", d_rate)?.max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -117,6 +148,7 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
         db.clone(),
         hub::network::NetworkCache::default(),
         metrics.clone(),
+        None,
         &tasks,
         shutdown.clone(),
     )
@@ -130,12 +162,26 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
     let sink_task = tokio::spawn(sink(media, stop_sink.clone()));
 
     let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rss_base = rss_bytes();
+    // The largest resident memory seen and the calls up at that moment.
+    let rss_peak = Arc::new(std::sync::Mutex::new((rss_base, 0usize)));
     let sampler = {
-        let (phone, peak, stop) = (phone.clone(), peak.clone(), stop_sink.clone());
+        let (phone, peak, stop, rss_peak) = (
+            phone.clone(),
+            peak.clone(),
+            stop_sink.clone(),
+            rss_peak.clone(),
+        );
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 if let Ok(active) = phone.active_calls().await {
                     peak.fetch_max(active.len(), std::sync::atomic::Ordering::Relaxed);
+                    let rss = rss_bytes();
+                    if let Ok(mut p) = rss_peak.lock()
+                        && rss > p.0
+                    {
+                        *p = (rss, active.len());
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -180,6 +226,10 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
     gaps.sort_by(f64::total_cmp);
     let expected = (calls * seconds * 50) as f64;
     let late = gaps.iter().filter(|g| **g > 40.0).count();
+    let mut jitter: Vec<f64> = gaps.iter().map(|g| (g - 20.0).abs()).collect();
+    jitter.sort_by(f64::total_cmp);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (rss_max, calls_at_max) = rss_peak.lock().map(|p| *p).unwrap_or((rss_base, 0));
     let answered = metrics.get("hub_telephony_calls_answered_total", &[]);
     println!("telephony: {calls} calls of {seconds} s, {rate} new calls/s, SIPp on loopback");
     println!(
@@ -188,6 +238,15 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
         format!("{:.1}", wall.as_secs_f64())
     );
     println!("{:<38} {:>12}", "calls answered", answered);
+    println!(
+        "{:<38} {:>12}",
+        "calls successful / failed (SIPp)",
+        format!(
+            "{} / {}",
+            sipp_count(&stdout, "Successful call").map_or("?".into(), |n| n.to_string()),
+            sipp_count(&stdout, "Failed call").map_or("?".into(), |n| n.to_string())
+        )
+    );
     println!(
         "{:<38} {:>12}",
         "peak calls in the core",
@@ -212,6 +271,33 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
         gaps.last().copied().unwrap_or(0.0)
     );
     println!("{:<38} {:>12}", "gaps over 40 ms", late);
+    for (name, p) in [("p50", 50.0), ("p99", 99.0)] {
+        println!(
+            "{:<38} {:>12.2}",
+            format!("pacing jitter |gap - 20| {name} (ms)"),
+            percentile(&jitter, p)
+        );
+    }
+    println!(
+        "{:<38} {:>12}",
+        "resident memory at start / peak (MB)",
+        format!(
+            "{:.1} / {:.1}",
+            rss_base as f64 / 1048576.0,
+            rss_max as f64 / 1048576.0
+        )
+    );
+    if calls_at_max > 0 {
+        println!(
+            "{:<38} {:>12}",
+            "memory per call at the peak (KB)",
+            format!(
+                "{:.0} ({} calls up)",
+                rss_max.saturating_sub(rss_base) as f64 / 1024.0 / calls_at_max as f64,
+                calls_at_max
+            )
+        );
+    }
     println!(
         "{:<38} {:>12}",
         "CPU of the hub process (% of one core)",
@@ -221,12 +307,7 @@ async fn run(calls: usize, seconds: usize, rate: usize) -> anyhow::Result<()> {
         bail!(
             "sipp: {} (not every call succeeded)\n{}",
             out.status,
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
+            stdout.lines().rev().take(30).collect::<Vec<_>>().join("\n")
         );
     }
     if answered < calls as u64 || s.streams < calls {

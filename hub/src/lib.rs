@@ -100,6 +100,32 @@ pub async fn run(
 
     let mut state = AppState::new(db.clone(), config.clone());
     let tasks = tokio_util::task::TaskTracker::new();
+    // Telephony first: the runtimes started below (rules, campaigns, escalation) place calls with it.
+    if config.telephony.enabled {
+        let phone = telephony::start(
+            &config.telephony,
+            db.clone(),
+            state.network.clone(),
+            state.metrics.clone(),
+            Some(state.bus.clone()),
+            &tasks,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| HubError::Setup(e.to_string()))?;
+        println!("sip listening on udp:{}", phone.sip_addr());
+        if config.telephony.listen_tcp {
+            println!("sip listening on tcp:{}", phone.sip_addr());
+        }
+        tracing::info!(addr = %phone.sip_addr(), "sip listening");
+        // Callers who asked to be told when an outage is over (key 9 after the announcement).
+        tasks.spawn(telephony::restored::run(
+            db.clone(),
+            state.bus.clone(),
+            shutdown.clone(),
+        ));
+        state.telephony = Some(phone);
+    }
     start_connectors(&mut state, &config, &tasks, &shutdown).await?;
     if config.rules.enabled {
         let (runtime, handle) =
@@ -136,26 +162,6 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    if config.telephony.enabled {
-        let phone = telephony::start(
-            &config.telephony,
-            db.clone(),
-            state.network.clone(),
-            state.metrics.clone(),
-            &tasks,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|e| HubError::Setup(e.to_string()))?;
-        println!("sip listening on udp:{}", phone.sip_addr());
-        tracing::info!(addr = %phone.sip_addr(), "sip listening");
-        // Callers who asked to be told when an outage is over (key 9 after the announcement).
-        tasks.spawn(telephony::restored::run(
-            db.clone(),
-            state.bus.clone(),
-            shutdown.clone(),
-        ));
-    }
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await

@@ -29,4 +29,5 @@ mod slice;
 mod smpp;
 mod telephony;
 mod telephony_sip;
+mod telephony_sip;
 mod tickets;

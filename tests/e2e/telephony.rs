@@ -16,7 +16,7 @@ pub(crate) const KNOWN_CALLER: &str = "+79161234567";
 /// Longest a SIPp scenario may run.
 const SIPP_TIMEOUT_S: &str = "40";
 
-fn scenario(name: &str) -> PathBuf {
+pub(crate) fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../tests/e2e/sipp")
         .join(name)

@@ -1,21 +1,149 @@
 //! `/calls`: the record of every call the telephony core handled (who, when, how it ended, the digits
 //! pressed). Written by the telephony recorder; read here. A tenant-bound user sees the calls of
-//! recognized callers of their tenant only.
+//! recognized callers of their tenant only. `POST /calls` places an outbound call (admins and
+//! dispatchers): it answers with the record's id at once; the outcome shows on the record when the
+//! call is over.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, ApiQuery, AppState, CurrentUser, Page, Paged};
+use super::{ApiError, ApiJson, ApiQuery, AppState, CurrentUser, Page, Paged};
 use crate::auth::Permission;
 use crate::telephony::store::{self, CallRecord};
+use crate::telephony::{OutboundCall, Playback, TelephonyError};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(list))
+        .routes(routes!(list, place))
         .routes(routes!(get_one))
+}
+
+impl From<TelephonyError> for ApiError {
+    fn from(e: TelephonyError) -> Self {
+        match e {
+            TelephonyError::Invalid { field, reason } => ApiError::field(field, reason),
+            TelephonyError::Storage(s) => s.into(),
+            TelephonyError::LinesBusy { .. } => ApiError::Conflict(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// An outbound call to place.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCall {
+    /// A phone number (through a trunk), `sip:user@host[:port]`, or `account:NAME` (a registered phone).
+    pub to: String,
+    /// What to say (spoken in `language`).
+    pub text: String,
+    /// Digits that confirm (e.g. `"1"`); the call reports the one pressed. Empty: none.
+    #[serde(default)]
+    pub confirm_digits: String,
+    /// `callback` unless said.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// `ru` (default) or `en`.
+    #[serde(default)]
+    pub language: Option<String>,
+    /// Times the text is said, 1-5 (default 2).
+    #[serde(default)]
+    pub repeat: Option<u32>,
+    /// Seconds of ringing before giving up, 5-120 (default 30).
+    #[serde(default)]
+    pub ring_timeout_s: Option<u64>,
+    /// Longest call in seconds, 10-600 (default 120).
+    #[serde(default)]
+    pub max_duration_s: Option<u64>,
+    /// Trunk name (default: `[telephony] default_trunk`, else the first).
+    #[serde(default)]
+    pub trunk: Option<String>,
+    /// Tenant external id the call is made for (a tenant-bound user's own tenant).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlacedCallId {
+    /// The call record: `GET /api/v1/calls/{id}` shows its outcome when it is over.
+    pub id: i64,
+}
+
+fn within(field: &str, v: Option<u64>, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+    let v = v.unwrap_or(default);
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::field(field, format!("between {min} and {max}")))
+    }
+}
+
+/// Places an outbound call (admins and dispatchers); 202 with the call record's id.
+#[utoipa::path(post, path = "/calls", tag = "calls", request_body = NewCall,
+    responses((status = 202, body = PlacedCallId), (status = 409, description = "all lines of the trunk busy", body = super::Problem), (status = 422, body = super::Problem)))]
+async fn place(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    ApiJson(body): ApiJson<NewCall>,
+) -> Result<(StatusCode, Json<PlacedCallId>), ApiError> {
+    // Both: admins and dispatchers, not engineers or operators.
+    user.require(Permission::HandleAlarms)?
+        .require(Permission::HandleTickets)?;
+    let phone = s.telephony.clone().ok_or_else(|| {
+        ApiError::BadRequest("telephony is not enabled ([telephony] enabled)".into())
+    })?;
+    let tenant = match (user.0.tenant_id, body.tenant) {
+        (Some(own), requested) => {
+            let mut conn = s.db.conn().await?;
+            let t = crate::storage::tenants::get(&mut conn, own).await?;
+            if requested.is_some_and(|r| r != t.external_id) {
+                return Err(ApiError::field("tenant", "not your tenant"));
+            }
+            Some(t.external_id)
+        }
+        (None, requested) => requested,
+    };
+    let mut call = OutboundCall::new(
+        body.to,
+        body.purpose.unwrap_or_else(|| "callback".into()),
+        Playback::Text(body.text),
+    );
+    call.tenant = tenant;
+    call.trunk = body.trunk;
+    call.confirm_digits = body.confirm_digits;
+    if let Some(l) = body.language {
+        call.language = l;
+    }
+    call.repeat = within("repeat", body.repeat.map(u64::from), 2, 1, 5)? as u32;
+    call.ring_timeout =
+        Duration::from_secs(within("ring_timeout_s", body.ring_timeout_s, 30, 5, 120)?);
+    call.max_duration =
+        Duration::from_secs(within("max_duration_s", body.max_duration_s, 120, 10, 600)?);
+    let audit = serde_json::json!({"to": call.to, "purpose": call.purpose, "confirm_digits": call.confirm_digits});
+    let placed = phone.place(call).await?;
+    let id = placed.id;
+    let mut conn = s.db.conn().await?;
+    crate::storage::audit::record(
+        &mut conn,
+        user.name(),
+        "place_call",
+        "call",
+        &id.to_string(),
+        audit,
+    )
+    .await?;
+    // The call runs on in the core; its record carries the outcome.
+    tokio::spawn(async move {
+        let result = placed.finish().await;
+        tracing::info!(id = result.id, outcome = ?result.outcome, "api call ended");
+    });
+    Ok((StatusCode::ACCEPTED, Json(PlacedCallId { id })))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -17,6 +17,7 @@ pub mod recordings;
 pub mod network;
 pub mod outages;
 pub mod rules;
+pub mod sip;
 pub mod sensors;
 pub mod sites;
 pub mod tenants;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub modbus: Arc<crate::automation::Writers>,
     /// The rules runtime, when it runs.
     pub rules: Option<crate::automation::RulesHandle>,
+    /// The telephony core, when it runs (outbound calls, SIP accounts).
+    pub telephony: Option<crate::telephony::Telephony>,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             connectors: Arc::default(),
             modbus: Arc::default(),
             rules: None,
+            telephony: None,
         }
     }
 }
@@ -157,6 +161,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(ivr::router())
         .merge(campaigns::router())
         .merge(calls::router())
+        .merge(sip::router())
         .merge(meters::router())
         .merge(recordings::router())
         .merge(alarms::router())

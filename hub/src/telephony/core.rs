@@ -14,10 +14,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::TelephonyConfig;
+use super::accounts::{Account, BindingOp, Registration};
+use super::amd::Verdict;
 use super::asks::{self, Answer, AskContext};
 use super::caller::{self, CallerInfo};
+use super::digest::Nonces;
 use super::ivr::{IvrRun, Node, Step};
 use super::media::{self, MEDIA_CHANNEL, MediaCmd, MediaSetup};
+use super::outbound::Dial;
 use super::prompts::{PromptSource, Prompts};
 use super::recorder::RecordOp;
 use super::sdp::{self, Offer};
@@ -26,17 +30,22 @@ use super::sip::{
     Response, Via,
 };
 use super::transaction::{ClientTx, Event, Kind, ServerTx, Timers};
+use super::trunk::Trunk;
 use crate::metrics::Metrics;
 use crate::network::NetworkCache;
 use crate::storage::Db;
+
+mod registrar;
+mod uac;
+
+pub use registrar::TrunkStatus;
 
 /// Messages the core's channel holds before senders wait (media) or drop and count (transport).
 pub const CORE_CHANNEL: usize = 1024;
 /// How long the core waits for a caller look-up before greeting the caller as unknown.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Methods we know but do not serve (405); anything else unknown is 501.
-const KNOWN_METHODS: [&str; 8] = [
-    "REGISTER",
+const KNOWN_METHODS: [&str; 7] = [
     "PRACK",
     "UPDATE",
     "SUBSCRIBE",
@@ -45,7 +54,7 @@ const KNOWN_METHODS: [&str; 8] = [
     "REFER",
     "PUBLISH",
 ];
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REGISTER";
 
 /// The core's name for a call (SIP Call-IDs are the caller's and may repeat).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +64,8 @@ pub struct CallKey(pub u64);
 pub enum MediaEvent {
     Dtmf(char),
     PlayDone(u64),
+    /// The answering-machine detector's verdict (outbound calls).
+    Voice(Verdict),
     /// No RTP from the peer for `rtp_timeout_s`: it vanished without a BYE.
     Timeout,
 }
@@ -86,6 +97,28 @@ pub enum CoreMsg {
     ActiveCalls {
         reply: oneshot::Sender<Vec<ActiveCall>>,
     },
+    /// Place an outbound call.
+    Dial(Box<Dial>),
+    /// A SIP account was created (`upsert`) or deleted (`remove`).
+    AccountChanged {
+        upsert: Option<Account>,
+        remove: Option<String>,
+    },
+    Registrations {
+        reply: oneshot::Sender<Vec<Registration>>,
+    },
+    /// Trunk registration states, by trunk name.
+    TrunkRegistrations {
+        reply: oneshot::Sender<Vec<registrar::RegState>>,
+    },
+    /// A SIP TCP connection opened: responses and requests to `peer` go through `tx`.
+    TcpOpen {
+        peer: SocketAddr,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    TcpClosed {
+        peer: SocketAddr,
+    },
     /// The database's answer to an IVR walk's question.
     Answer {
         key: CallKey,
@@ -104,6 +137,13 @@ pub struct CoreSetup {
     pub recorder: mpsc::Sender<RecordOp>,
     /// The core's own sender, handed to media tasks and look-ups.
     pub inbox: mpsc::Sender<CoreMsg>,
+    /// Trunks with their addresses resolved.
+    pub trunks: Arc<Vec<Trunk>>,
+    /// SIP accounts and live registrations, loaded at start.
+    pub accounts: Vec<Account>,
+    pub registrations: Vec<Registration>,
+    /// Where accepted registrations are written.
+    pub bindings: mpsc::Sender<BindingOp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +188,16 @@ struct Core {
     by_call_id: HashMap<String, CallKey>,
     next_key: u64,
     next_rtp_port: u16,
+    out_calls: HashMap<CallKey, uac::OutCall>,
+    out_by_call_id: HashMap<String, CallKey>,
+    trunk_regs: Vec<registrar::TrunkReg>,
+    accounts: HashMap<String, Account>,
+    bindings: Vec<Registration>,
+    bindings_tx: mpsc::Sender<BindingOp>,
+    nonces: Nonces,
+    auth_failures: u64,
+    auth_logged_at: Option<Instant>,
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
 
 /// Runs the core until `shutdown`; calls still up then get a BYE.
@@ -161,7 +211,30 @@ pub async fn run(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let media_ip = setup.config.media_ip(sip_addr.ip());
+    let start = Instant::now();
+    let trunk_regs = setup
+        .trunks
+        .iter()
+        .filter(|t| t.config.register)
+        .map(|t| registrar::TrunkReg::new(&t.name, start))
+        .collect();
+    let accounts = setup
+        .accounts
+        .iter()
+        .map(|a| (a.username.clone(), a.clone()))
+        .collect();
     let mut core = Core {
+        out_calls: HashMap::new(),
+        out_by_call_id: HashMap::new(),
+        trunk_regs,
+        accounts,
+        bindings: setup.registrations.clone(),
+        bindings_tx: setup.bindings.clone(),
+        // A key per start: nonces of an earlier run are refused (phones simply register again).
+        nonces: Nonces::new(random_token()),
+        auth_failures: 0,
+        auth_logged_at: None,
+        tcp: HashMap::new(),
         timers: Timers::default(),
         nodes: setup.config.ivr.nodes(),
         media_ip,
@@ -189,6 +262,10 @@ pub async fn run(
     for key in keys {
         core.hang_up(key, "failed").await;
     }
+    let keys: Vec<CallKey> = core.out_calls.keys().copied().collect();
+    for key in keys {
+        core.out_abort(key, "the hub stopped").await;
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -214,10 +291,31 @@ impl Core {
                 c.hangup_at,
             ]
         });
-        txs.chain(clients).chain(calls.flatten()).min()
+        txs.chain(clients)
+            .chain(calls.flatten())
+            .chain(self.out_wakeups())
+            .chain(self.reg_wakeups())
+            .min()
     }
 
+    /// `TCP` when a connection to `to` is open, else `UDP` (for our Via).
+    fn transport_to(&self, to: SocketAddr) -> &'static str {
+        if self.tcp.contains_key(&to) {
+            "TCP"
+        } else {
+            "UDP"
+        }
+    }
+
+    /// Sends over the TCP connection of `to` if one is open (responses reuse the request's
+    /// connection, RFC 3261 18.2.2), else as a UDP datagram.
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if let Some(conn) = self.tcp.get(&to) {
+            if conn.try_send(bytes.to_vec()).is_err() {
+                tracing::warn!(%to, "sip tcp connection not keeping up: message dropped");
+            }
+            return;
+        }
         if let Err(e) = self.setup.socket.send_to(bytes, to).await {
             tracing::warn!(%to, error = %e, "sip send failed");
         }
@@ -237,14 +335,45 @@ impl Core {
         match msg {
             CoreMsg::Sip { msg, from } => match *msg {
                 Message::Request(req) => self.on_request(req, from, now).await,
-                Message::Response(res) => self.on_response(&res, now),
+                Message::Response(res) => self.on_response(&res, now).await,
             },
+            CoreMsg::Dial(d) => self.dial(*d, now).await,
+            CoreMsg::AccountChanged { upsert, remove } => self.account_changed(upsert, remove),
+            CoreMsg::Registrations { reply } => {
+                let _ = reply.send(self.live_registrations());
+            }
+            CoreMsg::TrunkRegistrations { reply } => {
+                let list = self
+                    .trunk_regs
+                    .iter()
+                    .map(|r| (r.trunk.clone(), r.status.clone(), r.registered_until))
+                    .collect();
+                let _ = reply.send(list);
+            }
+            CoreMsg::TcpOpen { peer, tx } => {
+                self.tcp.insert(peer, tx);
+            }
+            CoreMsg::TcpClosed { peer } => {
+                self.tcp.remove(&peer);
+            }
             CoreMsg::Media { key, event } => match event {
                 MediaEvent::Timeout => {
                     tracing::info!(call = key.0, "no media from the peer: hanging up");
-                    self.hang_up(key, "media_timeout").await;
+                    if self.out_calls.contains_key(&key) {
+                        self.out_abort(key, "media_timeout").await;
+                    } else {
+                        self.hang_up(key, "media_timeout").await;
+                    }
                 }
-                MediaEvent::Dtmf(d) => self.on_digit(key, d, now).await,
+                MediaEvent::Voice(v) => {
+                    self.out_voice(key, v);
+                }
+                MediaEvent::Dtmf(d) => {
+                    if !self.out_digit(key, d).await {
+                        self.on_digit(key, d, now).await;
+                    }
+                }
+                MediaEvent::PlayDone(_) if self.out_played(key, now).await => {}
                 MediaEvent::PlayDone(id) => {
                     let steps = match self.calls.get_mut(&key).and_then(|c| c.ivr.as_mut()) {
                         Some(ivr) => ivr.played(id, now),
@@ -283,6 +412,15 @@ impl Core {
                         },
                         digits: c.digits.clone(),
                     })
+                    .chain(self.out_calls.values().map(|c| ActiveCall {
+                        sip_call_id: String::new(),
+                        from: c.from_number.clone(),
+                        state: match c.phase {
+                            uac::OutPhase::Answered => "answered".into(),
+                            _ => "ringing".into(),
+                        },
+                        digits: c.digits.clone(),
+                    }))
                     .collect();
                 let _ = reply.send(calls);
             }
@@ -309,7 +447,10 @@ impl Core {
             };
             match tx.poll(now) {
                 Some(Event::Resend(bytes)) => {
-                    if let Some(dest) = self.tx_dest(&key) {
+                    // Reliable transports are not retransmitted over (RFC 3261 17.2.1).
+                    if let Some(dest) = self.tx_dest(&key)
+                        && !self.tcp.contains_key(&dest)
+                    {
                         self.send(&bytes, dest).await;
                     }
                 }
@@ -341,17 +482,28 @@ impl Core {
             };
             match tx.poll(now) {
                 Some(Event::Resend(bytes)) => {
-                    // Client transactions are keyed `BRANCH|DESTINATION`.
-                    if let Some(dest) = key.split_once('|').and_then(|(_, d)| d.parse().ok()) {
+                    // Client transactions are keyed `BRANCH|DESTINATION[|cancel]`.
+                    if let Some(dest) = key
+                        .split('|')
+                        .nth(1)
+                        .and_then(|d| d.parse::<SocketAddr>().ok())
+                        && !self.tcp.contains_key(&dest)
+                    {
                         self.send(&bytes, dest).await;
                     }
                 }
-                Some(_) => {
+                Some(event) => {
                     self.client_txs.remove(&key);
+                    if event == Event::TimedOut {
+                        self.out_timed_out(&key);
+                        self.reg_timed_out(&key, now);
+                    }
                 }
                 None => {}
             }
         }
+        self.out_tick(now).await;
+        self.reg_tick(now).await;
         let keys: Vec<CallKey> = self.calls.keys().copied().collect();
         for key in keys {
             let Some(call) = self.calls.get_mut(&key) else {
@@ -412,7 +564,15 @@ impl Core {
                             let key = call.invite_tx.clone();
                             self.server_txs.get_mut(&key).is_some_and(|tx| tx.ack(now))
                         }
-                        None => false,
+                        None => {
+                            let key = self
+                                .out_by_call_id
+                                .get(&req.common.call_id)
+                                .and_then(|k| self.out_calls.get(k))
+                                .and_then(|c| c.reinvite_tx.clone());
+                            key.and_then(|k| self.server_txs.get_mut(&k))
+                                .is_some_and(|tx| tx.ack(now))
+                        }
                     },
                 };
                 tracing::debug!(call_id = %req.common.call_id, acked, "ack");
@@ -425,6 +585,22 @@ impl Core {
             _ => {}
         }
         let tx_key = format!("{branch}|{}|{from}", req.method);
+        if !self.server_txs.contains_key(&tx_key)
+            && req.method != Method::Register
+            && !self.out_by_call_id.contains_key(&req.common.call_id)
+            && !self.by_call_id.contains_key(&req.common.call_id)
+            && !self.source_allowed(from.ip())
+        {
+            self.setup
+                .metrics
+                .inc("hub_sip_refused_total", &[("reason", "source")]);
+            tracing::info!(%from, method = %req.method, "request from an address that is neither a trunk nor a registered phone: 403");
+            self.server_txs
+                .insert(tx_key.clone(), ServerTx::new(Kind::NonInvite, self.timers));
+            let res = Response::to_request(&req, 403, "Forbidden", Some(&random_token()));
+            self.respond(&tx_key, &res, from, now).await;
+            return;
+        }
         if let Some(tx) = self.server_txs.get(&tx_key) {
             // A retransmission: answer with what we answered, or stay quiet until we do.
             if let Some(bytes) = tx.retransmission().map(<[u8]>::to_vec) {
@@ -450,12 +626,7 @@ impl Core {
                 self.respond(&tx_key, &res, from, now).await;
             }
             Method::Info => self.on_info(req, &tx_key, from, now).await,
-            Method::Register => {
-                let res =
-                    Response::to_request(&req, 405, "Method Not Allowed", Some(&random_token()))
-                        .with_header("Allow", ALLOW);
-                self.respond(&tx_key, &res, from, now).await;
-            }
+            Method::Register => self.on_register(req, &tx_key, from, now).await,
             Method::Other(m) => {
                 let (code, reason) = if KNOWN_METHODS.contains(&m.as_str()) {
                     (405, "Method Not Allowed")
@@ -473,6 +644,19 @@ impl Core {
     async fn on_invite(&mut self, req: Request, tx_key: String, from: SocketAddr, now: Instant) {
         // A re-INVITE in an existing dialog: keep the media as it is and answer with the same SDP.
         if req.common.to.tag().is_some() {
+            if let Some(key) = self.out_by_call_id.get(&req.common.call_id).copied() {
+                let res = match self.out_answer_sdp(key) {
+                    Some((tag, sdp)) => self
+                        .ok_with_contact(&req, &tag)
+                        .with_body("application/sdp", sdp.into_bytes()),
+                    None => Response::to_request(&req, 491, "Request Pending", None),
+                };
+                if let Some(c) = self.out_calls.get_mut(&key) {
+                    c.reinvite_tx = Some(tx_key.clone());
+                }
+                self.respond(&tx_key, &res, from, now).await;
+                return;
+            }
             let existing = self
                 .by_call_id
                 .get(&req.common.call_id)
@@ -684,6 +868,7 @@ impl Core {
             latch: self.setup.config.symmetric_rtp,
             prompts: self.setup.prompts.clone(),
             core: self.setup.inbox.clone(),
+            amd: false,
             watch,
         };
         tokio::spawn(media::run(setup, cmd_rx, call.media_stop.clone()));
@@ -769,6 +954,12 @@ impl Core {
     }
 
     async fn on_bye(&mut self, req: Request, tx_key: &str, from: SocketAddr, now: Instant) {
+        if let Some(key) = self.out_by_call_id.get(&req.common.call_id).copied() {
+            let res = Response::to_request(&req, 200, "OK", None);
+            self.respond(tx_key, &res, from, now).await;
+            self.out_remote_bye(key);
+            return;
+        }
         let Some(key) = self.by_call_id.get(&req.common.call_id).copied() else {
             let res = Response::to_request(
                 &req,
@@ -800,7 +991,11 @@ impl Core {
     }
 
     async fn on_info(&mut self, req: Request, tx_key: &str, from: SocketAddr, now: Instant) {
-        let key = self.by_call_id.get(&req.common.call_id).copied();
+        let key = self
+            .by_call_id
+            .get(&req.common.call_id)
+            .or_else(|| self.out_by_call_id.get(&req.common.call_id))
+            .copied();
         let res = match key {
             Some(_) => Response::to_request(&req, 200, "OK", None),
             None => Response::to_request(
@@ -813,20 +1008,23 @@ impl Core {
         self.respond(tx_key, &res, from, now).await;
         if let Some(key) = key
             && let Some(d) = info_digit(req.common.content_type.as_deref(), &req.body)
+            && !self.out_digit(key, d).await
         {
             self.on_digit(key, d, now).await;
         }
     }
 
-    fn on_response(&mut self, res: &Response, now: Instant) {
+    async fn on_response(&mut self, res: &Response, now: Instant) {
         let Some(branch) = res.common.via.first().and_then(Via::branch) else {
             return;
         };
         let prefix = format!("{branch}|");
+        // A CANCEL shares its INVITE's branch; its transaction is keyed with `|cancel`.
+        let cancel = res.common.cseq.method == Method::Cancel;
         let key = self
             .client_txs
             .keys()
-            .find(|k| k.starts_with(&prefix))
+            .find(|k| k.starts_with(&prefix) && k.ends_with("|cancel") == cancel)
             .cloned();
         if let Some(key) = key
             && self
@@ -835,6 +1033,11 @@ impl Core {
                 .is_some_and(|tx| tx.response(res.code, now))
         {
             self.client_txs.remove(&key);
+        }
+        if let Some(key) = self.out_by_call_id.get(&res.common.call_id).copied() {
+            self.out_response(key, res, now).await;
+        } else {
+            self.reg_response(res, now).await;
         }
     }
 
@@ -983,7 +1186,7 @@ impl Core {
             uri: target,
             common: Common {
                 via: vec![Via {
-                    transport: "UDP".into(),
+                    transport: self.transport_to(call.source).into(),
                     host: self.media_ip.to_string(),
                     port: Some(self.sip_addr.port()),
                     params,

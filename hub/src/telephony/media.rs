@@ -28,6 +28,40 @@ pub enum MediaCmd {
     Play { id: u64, prompts: Vec<PromptSource> },
     /// Stop playing (silence follows); no `PlayDone`.
     Stop,
+    /// Connect this call's audio with another call's (the B2BUA of a caller and an operator): what
+    /// this side hears goes to the other, what the other hears is sent here instead of prompts.
+    Bridge(BridgeEnd),
+    /// Back to prompts and silence.
+    Unbridge,
+}
+
+/// Frames of 20 ms of linear audio, from one leg's media task to the other's.
+pub type Frame = [i16; FRAME_SAMPLES];
+
+/// Frames one leg may hold for the other before the oldest are dropped: 100 ms of jitter.
+pub const BRIDGE_BUFFER: usize = 5;
+
+/// One side of a bridge: where this leg's received audio goes, and where the other leg's comes from.
+#[derive(Debug)]
+pub struct BridgeEnd {
+    pub to_peer: mpsc::Sender<Frame>,
+    pub from_peer: mpsc::Receiver<Frame>,
+}
+
+/// The two ends of a bridge between legs A and B (decoded audio, so PCMU and PCMA legs mix freely).
+pub fn bridge() -> (BridgeEnd, BridgeEnd) {
+    let (a_tx, a_rx) = mpsc::channel(BRIDGE_BUFFER);
+    let (b_tx, b_rx) = mpsc::channel(BRIDGE_BUFFER);
+    (
+        BridgeEnd {
+            to_peer: a_tx,
+            from_peer: b_rx,
+        },
+        BridgeEnd {
+            to_peer: b_tx,
+            from_peer: a_rx,
+        },
+    )
 }
 
 /// Everything a media task needs.
@@ -41,6 +75,8 @@ pub struct MediaSetup {
     pub latch: bool,
     pub prompts: Arc<Prompts>,
     pub core: mpsc::Sender<CoreMsg>,
+    /// Listen for an answering machine (outbound calls): one `MediaEvent::Voice` verdict follows.
+    pub amd: bool,
     /// The media timeout, the recording and the counters.
     pub watch: MediaWatch,
 }
@@ -73,6 +109,7 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
         latch,
         prompts,
         core,
+        amd,
         watch,
     } = setup;
     let MediaWatch {
@@ -83,6 +120,7 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
     let mut last_rtp = tokio::time::Instant::now();
     let mut timed_out = false;
     let mut foreign: u64 = 0;
+    let mut amd = amd.then(super::amd::Detector::default);
     let seed = rand_u64();
     let mut out = Packetizer::new(
         law.payload_type(),
@@ -98,6 +136,9 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
     let mut latched = false;
     let mut buf = vec![0u8; 2048];
     let mut frame = [0u8; FRAME_SAMPLES];
+    let mut bridged: Option<BridgeEnd> = None;
+    // A received packet's samples waiting to fill a whole frame for the other leg.
+    let mut heard: Vec<i16> = Vec::with_capacity(FRAME_SAMPLES * 2);
     let report = |event: MediaEvent| {
         let core = core.clone();
         async move {
@@ -112,6 +153,17 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
             _ = stop.cancelled() => return,
             _ = tick.tick() => {
                 let mut finished = None;
+                if let Some(end) = bridged.as_mut() {
+                    // The other leg's audio, else silence (it paused, or its packets were late).
+                    match end.from_peer.try_recv() {
+                        Ok(pcm) => {
+                            for (slot, s) in frame.iter_mut().zip(pcm.iter()) {
+                                *slot = law.encode(*s);
+                            }
+                        }
+                        Err(_) => frame.fill(law.silence()),
+                    }
+                } else {
                 for slot in frame.iter_mut() {
                     *slot = match playing.as_mut() {
                         Some(p) => match next_sample(p) {
@@ -124,6 +176,7 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                         },
                         None => law.silence(),
                     };
+                }
                 }
                 let packet = out.packet(&frame, FRAME_SAMPLES as u32);
                 if let Err(e) = socket.send_to(&packet, remote).await {
@@ -150,6 +203,13 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                     playing = None;
                     loading = None;
                 }
+                Some(MediaCmd::Bridge(end)) => {
+                    playing = None;
+                    loading = None;
+                    heard.clear();
+                    bridged = Some(end);
+                }
+                Some(MediaCmd::Unbridge) => bridged = None,
                 Some(MediaCmd::Play { id, prompts: sources }) => {
                     playing = None;
                     // Rendering may take a moment (speech synthesis): done aside so frames keep flowing.
@@ -200,9 +260,34 @@ pub async fn run(setup: MediaSetup, mut cmds: mpsc::Receiver<MediaCmd>, stop: Ca
                 {
                     rec.heard(packet.payload.iter().map(|b| law.decode(*b)));
                 }
+                if packet.payload_type == law.payload_type()
+                    && let Some(end) = bridged.as_ref()
+                {
+                    heard.extend(packet.payload.iter().map(|b| law.decode(*b)));
+                    while heard.len() >= FRAME_SAMPLES {
+                        let mut pcm: Frame = [0; FRAME_SAMPLES];
+                        pcm.copy_from_slice(&heard[..FRAME_SAMPLES]);
+                        heard.drain(..FRAME_SAMPLES);
+                        // A full buffer means the other leg is not taking frames as fast as they
+                        // come (clock drift, a stall): this frame is dropped, the stream goes on.
+                        if end.to_peer.try_send(pcm).is_err()
+                            && let Some(m) = &metrics
+                        {
+                            m.inc("hub_bridge_dropped_frames_total", &[]);
+                        }
+                    }
+                }
                 if Some(packet.payload_type) == dtmf_pt {
                     for digit in dtmf.push(packet.timestamp, packet.payload) {
                         report(MediaEvent::Dtmf(digit)).await;
+                    }
+                } else if packet.payload_type == law.payload_type()
+                    && let Some(detector) = amd.as_mut()
+                {
+                    let samples: Vec<i16> = packet.payload.iter().map(|b| law.decode(*b)).collect();
+                    if let Some(verdict) = detector.push(&samples) {
+                        amd = None;
+                        report(MediaEvent::Voice(verdict)).await;
                     }
                 }
             }
@@ -265,6 +350,7 @@ mod tests {
                 latch: false,
                 prompts: Arc::new(Prompts::new(dir.path().into(), "false".into())),
                 core: core_tx,
+                amd: false,
                 watch: MediaWatch::default(),
             },
             cmd_rx,

@@ -6,7 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::caller::CallerInfo;
 use super::core::CallKey;
+use super::events::CallEvents;
 use super::store;
+use crate::bus::Bus;
 use crate::storage::Db;
 
 /// Reports the recorder's channel holds; beyond that the core drops and counts them.
@@ -36,10 +38,28 @@ pub enum RecordOp {
         digits: String,
         queue: Option<String>,
     },
+    /// An outbound call whose row the handle inserted (`id`), to publish and to update.
+    Outbound {
+        key: CallKey,
+        id: i64,
+        info: Box<rules::CallInfo>,
+        at: i64,
+    },
+    /// The detail of an outcome (the digit, the SIP code, the reason of a failure).
+    Detail {
+        key: CallKey,
+        detail: String,
+    },
 }
 
-pub async fn run(db: Db, mut ops: mpsc::Receiver<RecordOp>, shutdown: CancellationToken) {
+pub async fn run(
+    db: Db,
+    bus: Option<Bus>,
+    mut ops: mpsc::Receiver<RecordOp>,
+    shutdown: CancellationToken,
+) {
     let mut rows = std::collections::HashMap::new();
+    let mut events = CallEvents::new(bus);
     loop {
         let op = tokio::select! {
             op = ops.recv() => op,
@@ -50,7 +70,7 @@ pub async fn run(db: Db, mut ops: mpsc::Receiver<RecordOp>, shutdown: Cancellati
             }
         };
         let Some(op) = op else { return };
-        if let Err(e) = write(&db, &mut rows, op).await {
+        if let Err(e) = write(&db, &mut rows, &mut events, op).await {
             tracing::warn!(error = %e, "call record not written");
         }
     }
@@ -59,6 +79,7 @@ pub async fn run(db: Db, mut ops: mpsc::Receiver<RecordOp>, shutdown: Cancellati
 async fn write(
     db: &Db,
     rows: &mut std::collections::HashMap<CallKey, i64>,
+    events: &mut CallEvents,
     op: RecordOp,
 ) -> Result<(), crate::storage::StorageError> {
     let mut conn = db.conn().await?;
@@ -72,6 +93,19 @@ async fn write(
         } => {
             let id = store::insert(&mut conn, &sip_call_id, &from, &to, at).await?;
             rows.insert(key, id);
+            let info = rules::CallInfo {
+                id,
+                tenant: None,
+                direction: "inbound".into(),
+                from,
+                to,
+                site: None,
+                consumer: None,
+                purpose: None,
+                outcome: None,
+                duration_s: None,
+            };
+            events.begin(&mut conn, key, info, at, false).await?;
         }
         RecordOp::Caller { key, info } => {
             if let Some(id) = rows.get(&key) {
@@ -84,6 +118,15 @@ async fn write(
                     info.mode,
                 )
                 .await?;
+                events
+                    .caller(
+                        &mut conn,
+                        key,
+                        info.tenant_id,
+                        info.site_id,
+                        info.consumer_id,
+                    )
+                    .await?;
             }
         }
         RecordOp::Answered { key, at } => {
@@ -100,6 +143,16 @@ async fn write(
         } => {
             if let Some(id) = rows.remove(&key) {
                 store::ended(&mut conn, id, at, &outcome, &digits, queue.as_deref()).await?;
+                events.end(&mut conn, key, &outcome, at).await?;
+            }
+        }
+        RecordOp::Outbound { key, id, info, at } => {
+            rows.insert(key, id);
+            events.begin(&mut conn, key, *info, at, true).await?;
+        }
+        RecordOp::Detail { key, detail } => {
+            if let Some(id) = rows.get(&key) {
+                store::set_detail(&mut conn, *id, &detail).await?;
             }
         }
     }

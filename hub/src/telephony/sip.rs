@@ -840,6 +840,17 @@ fn body(headers: &[Header], rest: &[u8]) -> Result<Vec<u8>, SipError> {
     Ok(rest[..declared].to_vec())
 }
 
+/// Every value of a header that may be repeated or comma-separated (Record-Route, Contact), in order.
+pub fn header_values<'a>(headers: &'a [Header], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| split_commas(&h.value).unwrap_or_default())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
 impl Request {
     /// The first value of a header by (canonical) name.
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -906,6 +917,14 @@ impl Response {
 
     pub fn to_tag(&self) -> Option<&str> {
         self.common.to.tag()
+    }
+
+    /// The first value of a header by (canonical) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
     }
 
     /// Wire form. `headers` holds only the extra headers here; the common ones come from `common`.

@@ -114,7 +114,7 @@ pub struct CallRecord {
     pub id: i64,
     /// The SIP Call-ID.
     pub sip_call_id: String,
-    /// `inbound` (outbound calls come with campaigns).
+    /// `inbound` or `outbound`.
     pub direction: String,
     pub from: String,
     pub to: String,
@@ -128,53 +128,64 @@ pub struct CallRecord {
     pub started_at: DateTime<Utc>,
     pub answered_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
-    /// `ringing`, `answered` (in progress or ended by the caller), `completed` (ended by the hub),
-    /// `transferred`, `cancelled`, `failed`.
+    /// Inbound: `ringing`, `answered` (in progress or ended by the caller), `completed` (ended by the
+    /// hub), `transferred`, `cancelled`, `failed`. Outbound: `dialing`, `ringing`, `answered`,
+    /// `confirmed`, `answering_machine`, `busy`, `no_answer`, `rejected`, `failed`.
     pub outcome: String,
     /// DTMF digits the caller pressed, in order.
     pub digits: String,
     /// Queue the caller chose (the menu branch), if any.
     pub queue: Option<String>,
+    /// Outbound: why the call was made (`campaign`, `escalation`, `callback`, ...).
+    pub purpose: Option<String>,
+    /// Outbound: the confirming digit (`digit 1`), the SIP code of a refusal (`sip 404`) or why it failed.
+    pub detail: Option<String>,
 }
 
-type Row = (
-    i64,
-    String,
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    String,
-    String,
-    Option<String>,
-);
+/// A `calls` row (more columns than sqlx reads into a tuple).
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    sip_call_id: String,
+    direction: String,
+    from_number: String,
+    to_number: String,
+    tenant_id: Option<i64>,
+    consumer_id: Option<i64>,
+    site_id: Option<i64>,
+    mode: Option<String>,
+    started_at: i64,
+    answered_at: Option<i64>,
+    ended_at: Option<i64>,
+    outcome: String,
+    digits: String,
+    queue: Option<String>,
+    purpose: Option<String>,
+    detail: Option<String>,
+}
 
 const COLUMNS: &str = "id, sip_call_id, direction, from_number, to_number, tenant_id, consumer_id, site_id, mode, \
-                       started_at, answered_at, ended_at, outcome, digits, queue";
+                       started_at, answered_at, ended_at, outcome, digits, queue, purpose, detail";
 
 fn record(r: Row) -> CallRecord {
     CallRecord {
-        id: r.0,
-        sip_call_id: r.1,
-        direction: r.2,
-        from: r.3,
-        to: r.4,
-        tenant_id: r.5,
-        consumer_id: r.6,
-        site_id: r.7,
-        mode: r.8,
-        started_at: from_ms(r.9),
-        answered_at: r.10.map(from_ms),
-        ended_at: r.11.map(from_ms),
-        outcome: r.12,
-        digits: r.13,
-        queue: r.14,
+        id: r.id,
+        sip_call_id: r.sip_call_id,
+        direction: r.direction,
+        from: r.from_number,
+        to: r.to_number,
+        tenant_id: r.tenant_id,
+        consumer_id: r.consumer_id,
+        site_id: r.site_id,
+        mode: r.mode,
+        started_at: from_ms(r.started_at),
+        answered_at: r.answered_at.map(from_ms),
+        ended_at: r.ended_at.map(from_ms),
+        outcome: r.outcome,
+        digits: r.digits,
+        queue: r.queue,
+        purpose: r.purpose,
+        detail: r.detail,
     }
 }
 
@@ -310,4 +321,42 @@ pub async fn list_overrides(
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows)
+}
+
+/// The row of an outbound call, written by `Telephony::place` before the call is dialled.
+pub async fn insert_outbound(
+    conn: &mut AnyConnection,
+    sip_call_id: &str,
+    from: &str,
+    to: &str,
+    purpose: &str,
+    tenant_id: Option<i64>,
+    started_at: i64,
+) -> Result<i64, StorageError> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO calls (sip_call_id, direction, from_number, to_number, tenant_id, purpose, started_at, outcome)
+         VALUES ($1, 'outbound', $2, $3, $4, $5, $6, 'dialing') RETURNING id",
+    )
+    .bind(sip_call_id)
+    .bind(from)
+    .bind(to)
+    .bind(tenant_id)
+    .bind(purpose)
+    .bind(started_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
+pub async fn set_detail(
+    conn: &mut AnyConnection,
+    id: i64,
+    detail: &str,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE calls SET detail = $1 WHERE id = $2")
+        .bind(detail)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

@@ -162,10 +162,12 @@ impl ServerTx {
     }
 }
 
-/// A non-INVITE client transaction (the BYE the core sends when the IVR hangs up).
+/// A client transaction: a non-INVITE one (BYE, CANCEL, REGISTER: timers E and F) or, made with
+/// `invite`, an outbound INVITE (timer A until a provisional response, timer B without any).
 #[derive(Debug, Clone)]
 pub struct ClientTx {
     request: Vec<u8>,
+    invite: bool,
     timers: Timers,
     interval: Duration,
     resend_at: Option<Instant>,
@@ -177,6 +179,7 @@ impl ClientTx {
     pub fn new(request: Vec<u8>, timers: Timers, now: Instant) -> Self {
         Self {
             request,
+            invite: false,
             timers,
             interval: timers.t1,
             resend_at: Some(now + timers.t1),
@@ -184,9 +187,24 @@ impl ClientTx {
         }
     }
 
+    /// An INVITE that has just been sent. Over UDP timer A doubles without the T2 cap
+    /// (RFC 3261 17.1.1.2); any provisional response stops it and timer B.
+    pub fn invite(request: Vec<u8>, timers: Timers, now: Instant) -> Self {
+        Self {
+            invite: true,
+            ..Self::new(request, timers, now)
+        }
+    }
+
     /// A response arrived: a provisional one stretches the interval to T2, a final one ends the
     /// transaction (returns true; timer K, which only absorbs response retransmissions, is not kept).
     pub fn response(&mut self, code: u16, now: Instant) -> bool {
+        if code < 200 && self.invite {
+            // Proceeding: the callee rings; how long is the caller's business (ring timeout).
+            self.resend_at = None;
+            self.end_at = None;
+            return false;
+        }
         if code < 200 {
             self.interval = self.timers.t2;
             self.resend_at = Some(now + self.interval);
@@ -214,7 +232,11 @@ impl ClientTx {
         }
         match self.resend_at {
             Some(at) if now >= at => {
-                self.interval = (self.interval * 2).min(self.timers.t2);
+                self.interval = if self.invite {
+                    self.interval * 2
+                } else {
+                    (self.interval * 2).min(self.timers.t2)
+                };
                 self.resend_at = Some(now + self.interval);
                 Some(Event::Resend(self.request.clone()))
             }
@@ -320,5 +342,29 @@ mod tests {
             last = lost.poll(at);
         }
         assert_eq!(last, Some(Event::TimedOut));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invite_is_resent_on_timer_a_until_a_provisional_response() {
+        let t0 = Instant::now();
+        let mut tx = ClientTx::invite(b"INVITE".to_vec(), Timers::default(), t0);
+        let mut resends = Vec::new();
+        while let Some(at) = tx.next_wakeup() {
+            match tx.poll(at) {
+                Some(Event::Resend(_)) => resends.push((at - t0).as_millis()),
+                Some(other) => {
+                    assert_eq!(other, Event::TimedOut);
+                    assert_eq!((at - t0).as_millis(), 32_000, "timer B");
+                    break;
+                }
+                None => {}
+            }
+        }
+        // 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s: doubling, not capped at T2.
+        assert_eq!(resends, vec![500, 1500, 3500, 7500, 15500, 31500]);
+        let mut tx = ClientTx::invite(b"INVITE".to_vec(), Timers::default(), t0);
+        assert!(!tx.response(180, t0));
+        assert_eq!(tx.next_wakeup(), None, "ringing: no timers");
+        assert!(tx.response(200, t0));
     }
 }
