@@ -416,7 +416,7 @@ impl MeterRobot {
                 out
             }
             State::Confirm { .. } => self.confirm(),
-            _ => self.retry_reading(),
+            _ => self.ask_reading(false),
         }
     }
 

@@ -54,6 +54,18 @@ pub fn message(language: &str) -> &'static str {
 /// Queues the SMS of every subscriber of closed outages not told yet (of `outage` only, when
 /// given), each in one transaction with its subscription marked. Returns how many were queued.
 pub async fn notify(db: &Db, outage: Option<i64>) -> Result<u64, StorageError> {
+    let mut queued = 0;
+    loop {
+        let (round, full) = notify_batch(db, outage).await?;
+        queued += round;
+        if !full {
+            return Ok(queued);
+        }
+    }
+}
+
+/// One batch of `notify`; whether it was full (more may be waiting).
+async fn notify_batch(db: &Db, outage: Option<i64>) -> Result<(u64, bool), StorageError> {
     let mut conn = db.conn().await?;
     let due: Vec<(i64, i64, String, String, String, i64)> = sqlx::query_as(
         "SELECT s.id, s.outage_id, s.phone, s.channel, s.language, o.tenant_id
@@ -66,6 +78,7 @@ pub async fn notify(db: &Db, outage: Option<i64>) -> Result<u64, StorageError> {
     .fetch_all(&mut *conn)
     .await?;
     drop(conn);
+    let full = due.len() as i64 == BATCH;
     let mut queued = 0;
     for (id, outage_id, phone, channel, language, tenant_id) in due {
         let mut tx = db.pool.begin().await?;
@@ -100,5 +113,69 @@ pub async fn notify(db: &Db, outage: Option<i64>) -> Result<u64, StorageError> {
             tx.rollback().await?;
         }
     }
-    Ok(queued)
+    Ok((queued, full))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_of_a_closed_outage_get_one_sms_each() {
+        let (db, _d) = crate::storage::test_db::fresh().await;
+        let mut c = db.conn().await.unwrap();
+        let t = serde_json::from_value(
+            serde_json::json!({"external_id": "t", "name": "T", "kind": "supplier"}),
+        )
+        .unwrap();
+        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+        let site: crate::storage::sites::NewSite = serde_json::from_value(serde_json::json!({
+            "tenant": "t", "external_id": "rc", "kind": "residential_complex", "name": "RC"
+        }))
+        .unwrap();
+        let mut refs = crate::storage::refs::Refs::new();
+        crate::storage::sites::upsert(&mut c, &mut refs, &site)
+            .await
+            .unwrap();
+        let outage: crate::storage::outages::NewOutage =
+            serde_json::from_value(serde_json::json!({
+                "tenant": "t", "kind": "emergency", "utility": "heat", "sites": ["rc"],
+                "starts_at": "2026-01-01T00:00:00Z"
+            }))
+            .unwrap();
+        let (o, _) = crate::storage::outages::upsert(&mut c, &mut refs, &outage)
+            .await
+            .unwrap();
+        for (phone, lang) in [("+79160000001", "ru"), ("+79160000002", "en")] {
+            sqlx::query(
+                "INSERT INTO outage_subscriptions (outage_id, phone, channel, language, created_at)
+                 VALUES ($1, $2, 'sms', $3, 0)",
+            )
+            .bind(o.id)
+            .bind(phone)
+            .bind(lang)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        }
+        assert_eq!(notify(&db, None).await.unwrap(), 0, "still active");
+        sqlx::query("UPDATE outages SET status = 'closed' WHERE id = $1")
+            .bind(o.id)
+            .execute(&mut *c)
+            .await
+            .unwrap();
+        assert_eq!(notify(&db, Some(o.id)).await.unwrap(), 2);
+        assert_eq!(notify(&db, None).await.unwrap(), 0, "once");
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT recipient, channels, message, addresses FROM notifications ORDER BY id",
+        )
+        .fetch_all(&mut *c)
+        .await
+        .unwrap();
+        assert_eq!(rows[0].0, "caller +79160000001");
+        assert_eq!(rows[0].1, r#"["sms"]"#);
+        assert!(rows[0].2.contains("подача восстановлена"));
+        assert_eq!(rows[1].3, r#"{"phones":["+79160000002"]}"#);
+        assert!(rows[1].2.contains("supply is restored"));
+    }
 }
