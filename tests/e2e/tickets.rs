@@ -222,6 +222,37 @@ success_contains = "accepted"
         ))
         .await;
     assert_eq!(slots.as_array().map(Vec::len), Some(11), "{slots}");
+    // A day off takes the day away; clearing it brings the weekly hours back.
+    let day = format!("/api/v1/workers/{worker_id}/days/{}", start.date_naive());
+    let off = op
+        .request(
+            Method::PUT,
+            &day,
+            Body::Json(&json!({"hours": [], "note": "отгул"})),
+        )
+        .await
+        .ok();
+    assert_eq!(off["days"][0]["note"], "отгул", "{off}");
+    let slots_url = format!(
+        "/api/v1/workers/{worker_id}/slots?category=water&from={}&to={}",
+        from.to_rfc3339().replace('+', "%2B"),
+        to.to_rfc3339().replace('+', "%2B")
+    );
+    assert_eq!(op.get_ok(&slots_url).await, json!([]));
+    op.request(
+        Method::PUT,
+        &day,
+        Body::Json(&json!({"hours": ["25:00-26:00"]})),
+    )
+    .await
+    .invalid("hours[0]");
+    op.request(Method::PUT, &day, Body::Json(&json!({"hours": null})))
+        .await
+        .ok();
+    assert_eq!(
+        op.get_ok(&slots_url).await.as_array().map(Vec::len),
+        Some(11)
+    );
 
     // The plumber reports it done; not someone else's ticket.
     let fitter = hub.login_as("fitter").await;
@@ -417,6 +448,34 @@ fn on_event(ev) {
         [Some(id)]
     );
     assert!(overdue[0]["overdue_at"].is_string());
+
+    // A call-back reminder already due shows until it is done, and is raised once.
+    let reminder = op
+        .post_ok(
+            &format!("/api/v1/tickets/{id}/reminders"),
+            &json!({"remind_at": Utc::now() - chrono::Duration::minutes(1), "note": "сообщить срок"}),
+        )
+        .await;
+    let due = op.get_ok("/api/v1/reminders?due=true").await;
+    assert_eq!(due[0]["id"], reminder["id"], "{due}");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let h = op.get_ok(&format!("/api/v1/tickets/{id}/history")).await;
+        if h.to_string().contains("reminder_due") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reminder not raised: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    op.post_ok(
+        &format!("/api/v1/reminders/{}/done", reminder["id"]),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(op.get_ok("/api/v1/reminders?due=true").await, json!([]));
 
     // Another restart does not raise it again.
     hub.terminate().await;

@@ -1074,5 +1074,19 @@ mod tests {
             (s, &p["errors"][0]["field"]),
             (StatusCode::UNPROCESSABLE_ENTITY, &json!("from"))
         );
+        // Every endpoint is in the OpenAPI document.
+        let (_, doc) = call(&app, &token, "GET", "/api/v1/openapi.json", None).await;
+        for path in [
+            "/api/v1/tickets",
+            "/api/v1/tickets.csv",
+            "/api/v1/tickets/{id}/booking",
+            "/api/v1/tickets/{id}/complete",
+            "/api/v1/reminders",
+            "/api/v1/workers/{id}/slots",
+            "/api/v1/workers/{id}/days/{day}",
+            "/api/v1/reports/tickets",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
     }
 }
