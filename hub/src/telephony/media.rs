@@ -415,4 +415,88 @@ mod tests {
         task.await.unwrap();
         assert!(core_rx.try_recv().is_err(), "one digit only");
     }
+
+    #[tokio::test]
+    async fn bridged_legs_hear_each_other_across_codecs() {
+        let dir = tempfile::tempdir().unwrap();
+        let prompts = Arc::new(Prompts::new(dir.path().into(), "false".into()));
+        let (core_tx, _core_rx) = mpsc::channel(64);
+        let stop = CancellationToken::new();
+        // Leg A: a caller on PCMU; leg B: an operator on PCMA.
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let operator = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut legs = Vec::new();
+        for (key, remote, law) in [
+            (1, caller.local_addr().unwrap(), Law::Pcmu),
+            (2, operator.local_addr().unwrap(), Law::Pcma),
+        ] {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(run(
+                MediaSetup {
+                    key: CallKey(key),
+                    socket,
+                    remote,
+                    law,
+                    dtmf_pt: Some(101),
+                    latch: false,
+                    prompts: prompts.clone(),
+                    core: core_tx.clone(),
+                    amd: false,
+                    watch: MediaWatch::default(),
+                },
+                rx,
+                stop.clone(),
+            ));
+            legs.push((addr, tx));
+        }
+        let (a, b) = bridge();
+        legs[0].1.send(MediaCmd::Bridge(a)).await.unwrap();
+        legs[1].1.send(MediaCmd::Bridge(b)).await.unwrap();
+
+        // The caller speaks (a tone) for 400 ms; the operator must get it as PCMA, and vice versa.
+        let tone = crate::telephony::prompts::tone(400, 440.0);
+        let mut pk_a = Packetizer::new(Law::Pcmu.payload_type(), 7, 1, 0);
+        let mut pk_b = Packetizer::new(Law::Pcma.payload_type(), 8, 1, 0);
+        for chunk in tone.chunks(FRAME_SAMPLES) {
+            let mu: Vec<u8> = chunk.iter().map(|s| Law::Pcmu.encode(*s)).collect();
+            let a: Vec<u8> = chunk.iter().map(|s| Law::Pcma.encode(*s)).collect();
+            caller
+                .send_to(&pk_a.packet(&mu, FRAME_SAMPLES as u32), legs[0].0)
+                .await
+                .unwrap();
+            operator
+                .send_to(&pk_b.packet(&a, FRAME_SAMPLES as u32), legs[1].0)
+                .await
+                .unwrap();
+            tokio::time::sleep(PTIME).await;
+        }
+        let audible = |socket: &UdpSocket, law: Law| {
+            let mut buf = [0u8; 2048];
+            let mut loud = 0;
+            let mut packets = 0;
+            while let Ok(n) = socket.try_recv(&mut buf) {
+                let p = parse(&buf[..n]).unwrap();
+                assert_eq!(p.payload_type, law.payload_type());
+                packets += 1;
+                if p.payload
+                    .iter()
+                    .any(|b| law.decode(*b).unsigned_abs() > 1000)
+                {
+                    loud += 1;
+                }
+            }
+            (packets, loud)
+        };
+        let (sent_to_operator, loud_at_operator) = audible(&operator, Law::Pcma);
+        let (sent_to_caller, loud_at_caller) = audible(&caller, Law::Pcmu);
+        assert!(sent_to_operator >= 15 && sent_to_caller >= 15);
+        assert!(
+            loud_at_operator >= 10,
+            "{loud_at_operator} of {sent_to_operator}"
+        );
+        assert!(loud_at_caller >= 10, "{loud_at_caller} of {sent_to_caller}");
+        stop.cancel();
+    }
 }
