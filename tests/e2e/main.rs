@@ -11,6 +11,7 @@ mod affected;
 mod alarms;
 mod auth;
 mod bad_input;
+mod campaigns;
 mod demo;
 mod escalation;
 mod health;
