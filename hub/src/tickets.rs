@@ -390,6 +390,20 @@ fn source_of(actor: &str) -> &'static str {
     }
 }
 
+/// The tenant named, else the caller's own (a tenant-bound user may leave it out).
+async fn tenant_of(
+    conn: &mut AnyConnection,
+    refs: &mut Refs,
+    given: Option<&str>,
+    scope: Option<i64>,
+) -> Result<i64, TicketError> {
+    match (given, scope) {
+        (Some(t), _) => Ok(refs.tenant(conn, t).await?),
+        (None, Some(own)) => Ok(own),
+        (None, None) => Err(TicketError::invalid("tenant", "required")),
+    }
+}
+
 async fn user_id(conn: &mut AnyConnection, name: &str) -> Result<i64, TicketError> {
     let row: Option<(i64, Option<i64>)> =
         sqlx::query_as("SELECT id, tenant_id FROM users WHERE username = $1 AND disabled = 0")
@@ -463,11 +477,7 @@ pub async fn create_scoped(
     let now = Utc::now();
     let mut tx = begin(state).await?;
     let mut refs = Refs::scoped(scope);
-    let tenant_id = match (&new.tenant, scope) {
-        (Some(t), _) => refs.tenant(&mut tx, t).await?,
-        (None, Some(own)) => own,
-        (None, None) => return Err(TicketError::invalid("tenant", "required")),
-    };
+    let tenant_id = tenant_of(&mut tx, &mut refs, new.tenant.as_deref(), scope).await?;
     let site_id = match &new.site {
         Some(s) => Some(refs.site(&mut tx, "site", tenant_id, s).await?),
         None => None,
@@ -539,6 +549,20 @@ pub async fn create_scoped(
     let ticket = store::get(&mut tx, id).await?;
     finish(state, tx, actor, "create", &ticket).await?;
     Ok(ticket)
+}
+
+/// The audit entry of a change that publishes no event, then the commit.
+async fn commit_audited(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    actor: &str,
+    action: &str,
+    object_type: &str,
+    object_id: &str,
+    details: serde_json::Value,
+) -> Result<(), TicketError> {
+    audit::record(&mut tx, actor, action, object_type, object_id, details).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Audit entry, journal entry, commit, then the `ticket_changed` event.
@@ -758,8 +782,8 @@ pub async fn update(
     }
     if changed == 0 {
         // Only calls or a comment: kept, audited, but the ticket itself did not change.
-        audit::record(
-            &mut tx,
+        commit_audited(
+            tx,
             actor,
             "comment",
             "ticket",
@@ -767,7 +791,6 @@ pub async fn update(
             serde_json::json!({"comment": patch.comment, "link_calls": patch.link_calls}),
         )
         .await?;
-        tx.commit().await?;
         return Ok(t);
     }
     t.updated_at = crate::storage::from_ms(crate::storage::to_ms(now));
@@ -805,8 +828,8 @@ pub async fn add_comment(
     get_scoped(&mut tx, scope, id).await?;
     let c = store::add_comment(&mut tx, id, actor, text, now).await?;
     store::add_history(&mut tx, id, actor, "comment", None, Some(text), now).await?;
-    audit::record(
-        &mut tx,
+    commit_audited(
+        tx,
         actor,
         "comment",
         "ticket",
@@ -814,7 +837,6 @@ pub async fn add_comment(
         serde_json::json!({"comment": text}),
     )
     .await?;
-    tx.commit().await?;
     Ok(c)
 }
 
@@ -1075,8 +1097,8 @@ pub async fn add_reminder(
     let reminder = store::add_reminder(&mut tx, id, r.remind_at, r.note.trim(), actor, now).await?;
     let at = r.remind_at.to_rfc3339();
     store::add_history(&mut tx, id, actor, "reminder", None, Some(&at), now).await?;
-    audit::record(
-        &mut tx,
+    commit_audited(
+        tx,
         actor,
         "remind",
         "ticket",
@@ -1084,7 +1106,6 @@ pub async fn add_reminder(
         serde_json::to_value(&reminder).unwrap_or_default(),
     )
     .await?;
-    tx.commit().await?;
     Ok(reminder)
 }
 
@@ -1117,8 +1138,8 @@ pub async fn finish_reminder(
     )
     .await?;
     let r = store::get_reminder(&mut tx, reminder_id).await?;
-    audit::record(
-        &mut tx,
+    commit_audited(
+        tx,
         actor,
         "reminder_done",
         "ticket",
@@ -1126,7 +1147,6 @@ pub async fn finish_reminder(
         serde_json::to_value(&r).unwrap_or_default(),
     )
     .await?;
-    tx.commit().await?;
     Ok(r)
 }
 
@@ -1195,11 +1215,7 @@ pub async fn save_worker(
     }
     let mut tx = begin(state).await?;
     let mut refs = Refs::scoped(scope);
-    let tenant_id = match (&w.tenant, scope) {
-        (Some(t), _) => refs.tenant(&mut tx, t).await?,
-        (None, Some(own)) => own,
-        (None, None) => return Err(TicketError::invalid("tenant", "required")),
-    };
+    let tenant_id = tenant_of(&mut tx, &mut refs, w.tenant.as_deref(), scope).await?;
     let time_zone = match &w.time_zone {
         Some(tz) => tz.as_str().to_owned(),
         None => crate::storage::tenants::get(&mut tx, tenant_id)
@@ -1239,8 +1255,8 @@ pub async fn save_worker(
         Utc::now(),
     )
     .await?;
-    audit::record(
-        &mut tx,
+    commit_audited(
+        tx,
         actor,
         "save",
         "worker",
@@ -1248,7 +1264,6 @@ pub async fn save_worker(
         serde_json::to_value(&worker).unwrap_or_default(),
     )
     .await?;
-    tx.commit().await?;
     Ok(worker)
 }
 
@@ -1273,8 +1288,8 @@ pub async fn set_worker_day(
             staff::clear_day(&mut tx, worker.id, day).await?;
         }
     }
-    audit::record(
-        &mut tx,
+    commit_audited(
+        tx,
         actor,
         "set_day",
         "worker",
@@ -1282,7 +1297,6 @@ pub async fn set_worker_day(
         serde_json::json!({"day": day, "hours": hours, "note": note}),
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 

@@ -145,13 +145,12 @@ success_contains = "accepted"
     // Free slots, then the resident's choice: tomorrow 10:00.
     let from = tomorrow_at(0);
     let to = tomorrow_at(23);
-    let slots = op
-        .get_ok(&format!(
-            "/api/v1/workers/{worker_id}/slots?category=water&from={}&to={}",
-            from.to_rfc3339().replace('+', "%2B"),
-            to.to_rfc3339().replace('+', "%2B")
-        ))
-        .await;
+    let slots_url = format!(
+        "/api/v1/workers/{worker_id}/slots?category=water&from={}&to={}",
+        from.to_rfc3339().replace('+', "%2B"),
+        to.to_rfc3339().replace('+', "%2B")
+    );
+    let slots = op.get_ok(&slots_url).await;
     let start = tomorrow_at(10);
     let starts: Vec<DateTime<Utc>> = slots
         .as_array()
@@ -214,13 +213,7 @@ success_contains = "accepted"
             .contains("outside the working hours"),
         "{p}"
     );
-    let slots = op
-        .get_ok(&format!(
-            "/api/v1/workers/{worker_id}/slots?category=water&from={}&to={}",
-            from.to_rfc3339().replace('+', "%2B"),
-            to.to_rfc3339().replace('+', "%2B")
-        ))
-        .await;
+    let slots = op.get_ok(&slots_url).await;
     assert_eq!(slots.as_array().map(Vec::len), Some(11), "{slots}");
     // A day off takes the day away; clearing it brings the weekly hours back.
     let day = format!("/api/v1/workers/{worker_id}/days/{}", start.date_naive());
@@ -233,11 +226,6 @@ success_contains = "accepted"
         .await
         .ok();
     assert_eq!(off["days"][0]["note"], "отгул", "{off}");
-    let slots_url = format!(
-        "/api/v1/workers/{worker_id}/slots?category=water&from={}&to={}",
-        from.to_rfc3339().replace('+', "%2B"),
-        to.to_rfc3339().replace('+', "%2B")
-    );
     assert_eq!(op.get_ok(&slots_url).await, json!([]));
     op.request(
         Method::PUT,
