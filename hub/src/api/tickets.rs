@@ -611,6 +611,16 @@ async fn csv_response(s: &AppState, filter: &TicketFilter) -> Result<Response, A
         .into_response())
 }
 
+/// Free text for a spreadsheet: a cell that would start a formula (`=`, `+`, `-`, `@`) is kept as
+/// text by a leading apostrophe, so a resident's words never run in the dispatcher's Excel.
+fn text_cell(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
+}
+
 fn to_csv(
     list: &[Ticket],
     times: &HashMap<i64, BTreeMap<String, DateTime<Utc>>>,
@@ -630,11 +640,11 @@ fn to_csv(
             t.id.to_string(),
             t.tenant.clone(),
             t.site.clone().unwrap_or_default(),
-            t.site_name.clone().unwrap_or_default(),
+            text_cell(t.site_name.as_deref().unwrap_or_default()),
             t.category.clone(),
             t.priority.as_str().to_owned(),
             t.status.as_str().to_owned(),
-            t.description.clone(),
+            text_cell(&t.description),
             t.consumer.clone().unwrap_or_default(),
             t.contact_phone.clone().unwrap_or_default(),
             t.assignee.clone().unwrap_or_default(),
@@ -651,7 +661,7 @@ fn to_csv(
             time(t.slot_start),
             hours,
             was_overdue(t, resolved, now).to_string(),
-            t.completion_note.clone().unwrap_or_default(),
+            text_cell(t.completion_note.as_deref().unwrap_or_default()),
         ])?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
@@ -864,6 +874,13 @@ mod tests {
         let v = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, v)
+    }
+
+    #[test]
+    fn csv_cells_never_start_a_formula() {
+        assert_eq!(super::text_cell("=HYPERLINK(\"x\")"), "'=HYPERLINK(\"x\")");
+        assert_eq!(super::text_cell("@cmd"), "'@cmd");
+        assert_eq!(super::text_cell("Течёт кран"), "Течёт кран");
     }
 
     /// A call record of a tenant and site, an hour ago.
