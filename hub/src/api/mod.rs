@@ -16,6 +16,7 @@ pub mod meters;
 pub mod recordings;
 pub mod network;
 pub mod outages;
+pub mod queues;
 pub mod rules;
 pub mod sip;
 pub mod sensors;
@@ -166,6 +167,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(recordings::router())
         .merge(alarms::router())
         .merge(tickets::router())
+        .merge(queues::router())
 }
 
 /// Rejections produced by axum itself (a path id that is not a number, a body over the limit) come as

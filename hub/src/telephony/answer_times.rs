@@ -109,18 +109,18 @@ pub fn aggregate(calls: &[QueuedCall], threshold_s: i64) -> Vec<AnswerDay> {
 
 type Row = (String, String, i64, Option<i64>, Option<i64>);
 
-/// Queued calls that joined a queue in `[from, to)`, optionally of one tenant (external id).
+/// Queued calls that joined a queue in `[from, to)`, optionally of one tenant (by id).
 pub async fn queued_calls(
     conn: &mut AnyConnection,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-    tenant: Option<&str>,
+    tenant: Option<i64>,
 ) -> Result<Vec<QueuedCall>, StorageError> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT t.external_id, t.time_zone, c.queued_at, c.connected_at, c.callback_ticket
            FROM calls c JOIN tenants t ON t.id = c.tenant_id
           WHERE c.queued_at IS NOT NULL AND c.queued_at >= $1 AND c.queued_at < $2
-            AND ($3 IS NULL OR t.external_id = $3)
+            AND ($3 IS NULL OR t.id = $3)
           ORDER BY c.queued_at",
     )
     .bind(to_ms(from))
