@@ -1,7 +1,8 @@
 //! Call recording (`[telephony] record = true`): the media task hands each 20 ms tick's audio, the
 //! caller's (decoded RTP) and the hub's (the frame it sent), to a `CallRecording`, which batches it
 //! as stereo samples (caller left, hub right, 8 kHz 16-bit) and passes the batches over a bounded
-//! channel to a writer on a blocking thread. The media task never waits for the disk: a batch the
+//! channel to a writer task, which writes each batch on the blocking pool (no thread is held between
+//! batches). The media task never waits for the disk: a batch the
 //! writer cannot take is dropped and counted. Once the WAV file is finished, its path is written on
 //! the call record (`calls.recording`), served by `GET /api/v1/calls/{id}/recording`.
 
@@ -52,10 +53,8 @@ impl CallRecording {
     pub fn start(path: PathBuf, db: Db, sip_call_id: String, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(RECORD_CHANNEL);
         tokio::spawn(async move {
-            let file = path.clone();
-            let written = tokio::task::spawn_blocking(move || write(&file, rx)).await;
-            match written {
-                Ok(Ok(seconds)) => {
+            match write(path.clone(), rx).await {
+                Ok(seconds) => {
                     let stored = store(&db, &sip_call_id, &path).await;
                     match stored {
                         Ok(()) => {
@@ -66,10 +65,9 @@ impl CallRecording {
                         }
                     }
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "call recording failed")
                 }
-                Err(e) => tracing::warn!(error = %e, "call recording writer stopped"),
             }
         });
         CallRecording {
@@ -123,26 +121,48 @@ impl Drop for CallRecording {
     }
 }
 
-/// Writes batches until the channel closes; returns the seconds written.
-fn write(path: &Path, mut rx: mpsc::Receiver<Vec<i16>>) -> Result<f64, hound::Error> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let spec = hound::WavSpec {
-        channels: 2,
-        sample_rate: 8000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
+type Writer = hound::WavWriter<std::io::BufWriter<std::fs::File>>;
+
+/// Writes batches until the channel closes; returns the seconds written. The file work runs on the
+/// blocking pool one batch at a time, so a call holds no thread between batches.
+async fn write(path: PathBuf, mut rx: mpsc::Receiver<Vec<i16>>) -> Result<f64, String> {
+    let blocking = |r: Result<Result<Writer, hound::Error>, tokio::task::JoinError>| match r {
+        Ok(Ok(w)) => Ok(w),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    while let Some(batch) = rx.blocking_recv() {
-        for s in batch {
-            w.write_sample(s)?;
-        }
-        w.flush()?;
+    let mut w = blocking(
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let spec = hound::WavSpec {
+                channels: 2,
+                sample_rate: 8000,
+                bits_per_sample: 16,
+                sample_format: hound::SampleFormat::Int,
+            };
+            hound::WavWriter::create(path, spec)
+        })
+        .await,
+    )?;
+    while let Some(batch) = rx.recv().await {
+        w = blocking(
+            tokio::task::spawn_blocking(move || {
+                for s in batch {
+                    w.write_sample(s)?;
+                }
+                w.flush()?;
+                Ok(w)
+            })
+            .await,
+        )?;
     }
     let seconds = f64::from(w.duration()) / 8000.0;
-    w.finalize()?;
+    tokio::task::spawn_blocking(move || w.finalize())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     Ok(seconds)
 }
 
