@@ -74,8 +74,8 @@ pub struct Config {
     /// `phones`, `emails` and `telegram` chat ids.
     #[serde(default)]
     pub staff: BTreeMap<String, crate::delivery::StaffGroup>,
-    /// Outbound channels by name: `[channels.NAME]` with a `type` (`smtp`, `http_sms`, `telegram`),
-    /// see `docs/connectors.md`.
+    /// Outbound channels by name: `[channels.NAME]` with a `type` (`smtp`, `http_sms`, `smpp`,
+    /// `telegram`), see `docs/connectors.md`.
     #[serde(default)]
     pub channels: BTreeMap<String, connectors::channels::ChannelConfig>,
     /// The campaign dispatcher: leases, quiet hours, the operators' hand-over (`docs/campaigns.md`).
