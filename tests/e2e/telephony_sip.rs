@@ -331,6 +331,16 @@ async fn a_phone_registers_with_digest_and_is_called_by_account_name() {
     ringing_side.succeeded().await;
     let call = ended_call(&admin, id).await;
     assert_eq!(call["outcome"], "confirmed", "{call}");
+    // Registrations survive a restart until they expire.
+    let status = hub.terminate().await;
+    assert!(status.success(), "{status}");
+    let hub = env.start(false).await;
+    let admin = hub.login_as("admin").await;
+    let regs = admin.get_ok("/api/v1/sip/registrations").await;
+    assert_eq!(
+        regs[0]["username"], "op1",
+        "kept across the restart: {regs}"
+    );
     // Unknown accounts fail clearly.
     let id = place(&admin, &json!({"to": "account:nobody", "text": "x"})).await;
     let call = ended_call(&admin, id).await;
@@ -465,4 +475,57 @@ async fn a_proxy_challenge_407_is_answered_with_proxy_authorization() {
     next_request(&trunk, Method::Ack, 2).await;
     let call = ended_call(&admin, id).await;
     assert_eq!(call["outcome"], "busy", "{call}");
+}
+
+#[tokio::test]
+async fn a_trunk_with_register_registers_with_digest_credentials() {
+    let env = TestEnv::new().await;
+    env.add_user("admin", "admin", &password_of("admin")).await;
+    let registrar = peer(
+        &env,
+        "uas_registrar.xml",
+        &["-key", "password", "reg-s3cret"],
+        None,
+    );
+    env.add_config(&format!(
+        "[telephony.trunks.provider]\nhost = \"127.0.0.1:{}\"\nusername = \"hub\"\npassword = \"reg-s3cret\"\nregister = true\nregister_expires = 300\n",
+        registrar.port
+    ));
+    let hub = env.start(false).await;
+    let admin = hub.login_as("admin").await;
+    registrar.succeeded().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let trunk = loop {
+        let trunks = admin.get_ok("/api/v1/sip/trunks").await;
+        if trunks[0]["registration"] == "registered" {
+            break trunks[0].clone();
+        }
+        assert!(Instant::now() < deadline, "not registered: {trunks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(trunk["register"], true, "{trunk}");
+    assert!(!trunk["registered_until"].is_null(), "{trunk}");
+    assert!(
+        hub.log().contains("registered with the trunk"),
+        "{}",
+        hub.log()
+    );
+    assert!(
+        !hub.log().contains("reg-s3cret"),
+        "the password is never logged"
+    );
+}
+
+#[tokio::test]
+async fn a_greeting_that_talks_on_is_an_answering_machine() {
+    let (env, _hub, admin) = spawn_hub().await;
+    let voicemail = peer(&env, "uas_machine.xml", &[], None);
+    let id = place(
+        &admin,
+        &json!({"to": voicemail.uri("vm"), "text": "Здравствуйте. Это сообщение об отключении горячей воды по вашему адресу.", "repeat": 2, "language": "ru"}),
+    )
+    .await;
+    voicemail.succeeded().await;
+    let call = ended_call(&admin, id).await;
+    assert_eq!(call["outcome"], "answering_machine", "{call}");
 }

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-/// Frames of 20 ms.
-const FRAME: Duration = Duration::from_millis(20);
+/// Samples per second of G.711 audio.
+const RATE: u64 = 8000;
 /// RMS (16-bit scale) above which a frame is speech: about -36 dBFS, above line noise and comfort noise.
 pub const SPEECH_RMS: f64 = 500.0;
 /// Silence shorter than this inside speech is a gap between words, not a pause.
@@ -45,12 +45,13 @@ pub struct Detector {
 }
 
 impl Detector {
-    /// One frame of 16-bit samples (any length; counted as 20 ms).
+    /// One packet's 16-bit samples at 8 kHz (20 ms is 160 of them; 30 ms packets count as 30 ms).
     pub fn push(&mut self, samples: &[i16]) -> Option<Verdict> {
         if self.decided || samples.is_empty() {
             return None;
         }
-        self.elapsed += FRAME;
+        let frame = Duration::from_micros(samples.len() as u64 * 1_000_000 / RATE);
+        self.elapsed += frame;
         let energy: f64 =
             samples.iter().map(|s| f64::from(*s).powi(2)).sum::<f64>() / samples.len() as f64;
         let speech = energy.sqrt() > SPEECH_RMS;
@@ -62,11 +63,11 @@ impl Detector {
                 self.run += self.silence;
             }
             self.silence = Duration::ZERO;
-            self.run += FRAME;
+            self.run += frame;
             self.heard_speech = true;
             (self.run >= MACHINE_SPEECH).then_some(Verdict::Machine)
         } else {
-            self.silence += FRAME;
+            self.silence += frame;
             (self.heard_speech && self.silence >= HUMAN_PAUSE).then_some(Verdict::Human)
         };
         let verdict = verdict.or((self.elapsed >= WINDOW).then_some(Verdict::Human));
@@ -115,6 +116,17 @@ mod tests {
             v = v.or(feed(&mut d, true, 400)).or(feed(&mut d, false, 200));
         }
         assert_eq!(v, Some(Verdict::Machine));
+    }
+
+    #[test]
+    fn packets_of_30_ms_count_as_30_ms() {
+        let mut d = Detector::default();
+        let speech: Vec<i16> = (0..240)
+            .map(|i| if i % 2 == 0 { 3000 } else { -3000 })
+            .collect();
+        // 84 packets of 30 ms: 2.52 s of speech (84 of 20 ms would be 1.68 s).
+        let verdicts: Vec<_> = (0..84).filter_map(|_| d.push(&speech)).collect();
+        assert_eq!(verdicts, vec![Verdict::Machine]);
     }
 
     #[test]
