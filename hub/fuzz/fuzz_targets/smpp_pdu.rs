@@ -3,8 +3,8 @@
 //! to the same PDU. A deliver_sm that decodes is also read as a receipt, which must not panic either.
 #![no_main]
 
-use connectors::channels::smpp::pdu::{self, Body, Pdu};
 use connectors::channels::smpp::parse_receipt;
+use connectors::channels::smpp::pdu::{self, Body, Pdu};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
