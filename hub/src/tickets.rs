@@ -765,6 +765,14 @@ pub async fn update(
     store::save(&mut tx, &t, now).await?;
     let mut t = store::get(&mut tx, id).await?;
     let changed = log_changes(&mut tx, actor, &before, &t, now).await?;
+    // A booked visit that is no longer wanted (another worker, or the ticket cancelled): its worker
+    // is told, and the time is theirs again.
+    if let (Some(at), Some(wid)) = (before.slot_start, before.worker_id)
+        && (t.slot_start != before.slot_start || t.status == TicketStatus::Cancelled)
+    {
+        let w = staff::get(&mut tx, wid).await?;
+        notify_worker(state, &mut tx, &w, &t, Visit::Cancelled(at), now).await?;
+    }
     if let Some(c) = patch
         .comment
         .as_deref()
@@ -953,34 +961,52 @@ pub async fn book(
     store::save(&mut tx, &t, now).await?;
     let t = store::get(&mut tx, id).await?;
     log_changes(&mut tx, actor, &before, &t, now).await?;
-    notify_worker(state, &mut tx, &worker, &t, &local(start), now).await?;
+    notify_worker(state, &mut tx, &worker, &t, Visit::Booked(start), now).await?;
     finish(state, tx, actor, "book", &t).await?;
     Ok(t)
 }
 
-/// Queues the message that tells a worker of a booked visit, to the worker's own addresses.
-async fn notify_worker(
-    state: &AppState,
-    conn: &mut AnyConnection,
-    w: &Worker,
-    t: &Ticket,
-    when: &str,
-    now: DateTime<Utc>,
-) -> Result<i64, TicketError> {
+/// What a worker is told about a visit.
+#[derive(Debug, Clone, Copy)]
+enum Visit {
+    Booked(DateTime<Utc>),
+    Cancelled(DateTime<Utc>),
+}
+
+/// The worker's message: ticket, local time, place, what to do, whom to call; Russian and English.
+fn visit_message(w: &Worker, t: &Ticket, visit: Visit) -> String {
+    let tz: chrono_tz::Tz = w.time_zone.parse().unwrap_or(chrono_tz::Europe::Moscow);
+    let (headline, at) = match visit {
+        Visit::Booked(at) => ("", at),
+        Visit::Cancelled(at) => ("Визит отменён / Visit cancelled\n", at),
+    };
+    let when = at.with_timezone(&tz).format("%Y-%m-%d %H:%M");
     let place = match (&t.site_name, &t.site_address) {
         (Some(n), Some(a)) if !a.is_empty() => format!("{n}, {a}"),
         (Some(n), _) => n.clone(),
         _ => "-".to_owned(),
     };
     let contact = t.contact_phone.as_deref().unwrap_or("-");
-    let message = format!(
-        "Заявка №{id} / Ticket #{id}: {category}, {priority}\n{when} ({tz})\n{place}\n{description}\nТел./Phone: {contact}",
+    format!(
+        "{headline}Заявка №{id} / Ticket #{id}: {category}, {priority}\n{when} ({tz})\n{place}\n{description}\nТел./Phone: {contact}",
         id = t.id,
         category = t.category,
         priority = t.priority,
         tz = w.time_zone,
         description = t.description,
-    );
+    )
+}
+
+/// Queues the message that tells a worker of a booked or cancelled visit, to the worker's own addresses.
+async fn notify_worker(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    w: &Worker,
+    t: &Ticket,
+    visit: Visit,
+    now: DateTime<Utc>,
+) -> Result<i64, TicketError> {
+    let message = visit_message(w, t, visit);
     let addresses = serde_json::json!({
         "phones": w.phone.iter().collect::<Vec<_>>(),
         "emails": w.email.iter().collect::<Vec<_>>(),
@@ -1877,6 +1903,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Cancelling a booked ticket tells the worker and frees the time.
+        let t3 = create(&state, "op", &n).await.unwrap();
+        book(
+            &state,
+            "op",
+            None,
+            t3.id,
+            &at(monday + Duration::days(1) + Duration::hours(9)),
+        )
+        .await
+        .unwrap();
+        let cancel = TicketPatch {
+            status: Some(TicketStatus::Cancelled),
+            ..TicketPatch::default()
+        };
+        update(&state, "op", None, t3.id, &cancel).await.unwrap();
+        let (last,): (String,) =
+            sqlx::query_as("SELECT message FROM notifications ORDER BY id DESC LIMIT 1")
+                .fetch_one(&state.db.pool)
+                .await
+                .unwrap();
+        assert!(
+            last.starts_with("Визит отменён / Visit cancelled")
+                && last.contains(&format!("#{}", t3.id)),
+            "{last}"
+        );
+        let tuesday = monday + Duration::days(1);
+        let free = free_slots(
+            &state,
+            &w,
+            tuesday,
+            tuesday + Duration::days(1),
+            Duration::hours(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(free.len(), 4, "{free:?}");
+
         // The worker (as a user) completes only their own ticket.
         let mut conn = state.db.conn().await.unwrap();
         let other = crate::storage::users::create(&mut conn, "w1", "x", Role::Operator, None)
