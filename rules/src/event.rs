@@ -170,7 +170,7 @@ pub struct TicketInfo {
     #[serde(default)]
     pub site: Option<String>,
     pub category: String,
-    /// `new`, `assigned`, `in_progress`, `done` or `closed`.
+    /// `new`, `assigned`, `in_progress`, `done`, `closed` or `cancelled`.
     pub status: String,
     /// `low`, `normal`, `high` or `urgent`.
     pub priority: String,
