@@ -209,29 +209,7 @@ impl Dispatcher {
         let tasks = tokio_util::task::TaskTracker::new();
         for lane in this.lanes.clone() {
             let (this, state, shutdown) = (this.clone(), state.clone(), shutdown.clone());
-            tasks.spawn(async move {
-                let poll = Duration::from_millis(this.config.poll_ms.max(10));
-                loop {
-                    let result = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        r = this.lane_round(&state, &lane, Utc::now()) => r,
-                    };
-                    let pause = match result {
-                        Ok(0) => poll,
-                        Ok(_) => Duration::ZERO,
-                        Err(e) => {
-                            tracing::warn!(channel = %lane.kind, error = %e, "campaign dispatch failed; retrying");
-                            poll
-                        }
-                    };
-                    if !pause.is_zero() {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(pause) => {}
-                        }
-                    }
-                }
-            });
+            tasks.spawn(async move { this.lane_loop(&state, &lane, shutdown).await });
         }
         let poll = Duration::from_millis(this.config.poll_ms.max(10));
         loop {
@@ -245,6 +223,141 @@ impl Dispatcher {
         }
         tasks.close();
         tasks.wait().await;
+    }
+
+    /// A lane at work: keeps up to `concurrency` sends in flight, claiming more as sends finish (so
+    /// that every line or connection stays busy), and writes finished sends in small batches. On
+    /// shutdown it claims nothing more and lets the sends in flight finish and be recorded.
+    async fn lane_loop(&self, state: &AppState, lane: &Lane, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.config.poll_ms.max(10));
+        let concurrency = lane.route.as_ref().map_or(500, |r| r.concurrency).max(1);
+        // Claim when at least this many slots are free (or nothing is in flight).
+        // Calls are long: a free line is refilled at once. Messages are short: claims come in batches.
+        let refill = match lane.route.as_ref().map(|r| &r.sender) {
+            Some(Sender::Voice(_)) => 1,
+            _ => (concurrency / 8).max(1),
+        };
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut done: Vec<Recorded> = Vec::new();
+        let mut running: (
+            Option<tokio::time::Instant>,
+            HashMap<i64, Arc<Running>>,
+            Vec<i64>,
+        ) = (None, HashMap::new(), Vec::new());
+        let mut idle_until: Option<tokio::time::Instant> = None;
+        loop {
+            let stopping = shutdown.is_cancelled();
+            let free = concurrency.saturating_sub(inflight.len());
+            let may_claim = !stopping
+                && idle_until.is_none_or(|t| tokio::time::Instant::now() >= t)
+                && (free >= refill || (inflight.is_empty() && free > 0));
+            if may_claim {
+                let now = Utc::now();
+                match self.claim_for(state, lane, &mut running, now, free).await {
+                    Ok(claimed) if claimed.is_empty() => {
+                        idle_until = Some(tokio::time::Instant::now() + poll);
+                    }
+                    Ok(claimed) => {
+                        idle_until = None;
+                        for c in claimed {
+                            let run = running.1.get(&c.campaign_id).cloned();
+                            inflight.push(self.send_one(lane, run, c, now));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(channel = %lane.kind, error = %e, "campaign dispatch failed; retrying");
+                        idle_until = Some(tokio::time::Instant::now() + poll);
+                    }
+                }
+            }
+            if inflight.is_empty() {
+                if stopping {
+                    return;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                Some(rec) = inflight.next() => done.push(rec),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            while let Some(Some(rec)) = futures::FutureExt::now_or_never(inflight.next()) {
+                done.push(rec);
+            }
+            if !done.is_empty() {
+                let batch = std::mem::take(&mut done);
+                if let Err(e) = self.write(state, &batch).await {
+                    // Kept to write again: the contacts are still `sending` under their lease.
+                    tracing::warn!(channel = %lane.kind, error = %e, "campaign outcomes not written; retrying");
+                    done = batch;
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        }
+    }
+
+    async fn write(&self, state: &AppState, rows: &[Recorded]) -> Result<(), StorageError> {
+        let mut tx = state.db.pool.begin().await?;
+        campaigns::record(&mut tx, rows, Utc::now()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `free` due contacts for the lane, from campaigns allowed to send now; the list of
+    /// running campaigns is reloaded at most every quarter second.
+    async fn claim_for(
+        &self,
+        state: &AppState,
+        lane: &Lane,
+        running: &mut (
+            Option<tokio::time::Instant>,
+            HashMap<i64, Arc<Running>>,
+            Vec<i64>,
+        ),
+        now: DateTime<Utc>,
+        free: usize,
+    ) -> Result<Vec<Claimed>, StorageError> {
+        let stale = running
+            .0
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(250));
+        if stale {
+            let list = self.running(state, now).await?;
+            running.2 = self.allowed(lane, &list, now);
+            running.1 = list
+                .into_iter()
+                .map(|r| (r.campaign.id, Arc::new(r)))
+                .collect();
+            running.0 = Some(tokio::time::Instant::now());
+        }
+        if running.2.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = match &lane.route {
+            Some(r) if r.rate_per_s > 0.0 => free.min(r.rate_per_s.ceil() as usize).max(1),
+            _ => free,
+        };
+        let lease = now
+            + chrono::Duration::seconds(i64::try_from(self.config.lease_seconds).unwrap_or(120));
+        let mut conn = state.db.conn().await?;
+        campaigns::claim(&mut conn, lane.kind, &running.2, now, lease, limit).await
+    }
+
+    /// Campaigns the lane may send for now: calls and SMS wait for the allowed hours, unless the
+    /// campaign overrides them or nothing would be sent anyway (no route: the contacts fall through).
+    fn allowed(&self, lane: &Lane, running: &[Running], now: DateTime<Utc>) -> Vec<i64> {
+        running
+            .iter()
+            .filter(|r| {
+                lane.route.is_none()
+                    || r.campaign.override_quiet_hours
+                    || !policy::quiet_limited(lane.kind)
+                    || policy::allowed_at(r.windows, r.tz, now)
+            })
+            .map(|r| r.campaign.id)
+            .collect()
     }
 
     /// One round of everything at `now`: settle expired leases, one claim-and-send per lane, finish
@@ -330,17 +443,7 @@ impl Dispatcher {
         now: DateTime<Utc>,
     ) -> Result<usize, StorageError> {
         let running = self.running(state, now).await?;
-        // Calls and SMS wait for the allowed hours, unless nothing would be sent anyway.
-        let ids: Vec<i64> = running
-            .iter()
-            .filter(|r| {
-                lane.route.is_none()
-                    || r.campaign.override_quiet_hours
-                    || !policy::quiet_limited(lane.kind)
-                    || policy::allowed_at(r.windows, r.tz, now)
-            })
-            .map(|r| r.campaign.id)
-            .collect();
+        let ids = self.allowed(lane, &running, now);
         if ids.is_empty() {
             return Ok(0);
         }
@@ -358,11 +461,14 @@ impl Dispatcher {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let by_id: HashMap<i64, &Running> = running.iter().map(|r| (r.campaign.id, r)).collect();
+        let by_id: HashMap<i64, Arc<Running>> = running
+            .into_iter()
+            .map(|r| (r.campaign.id, Arc::new(r)))
+            .collect();
         let concurrency = lane.route.as_ref().map_or(batch, |r| r.concurrency).max(1);
         let recorded: Vec<Recorded> = futures::stream::iter(claimed)
             .map(|c| {
-                let run = by_id.get(&c.campaign_id).copied();
+                let run = by_id.get(&c.campaign_id).cloned();
                 self.send_one(lane, run, c, now)
             })
             .buffer_unordered(concurrency)
@@ -379,7 +485,7 @@ impl Dispatcher {
     async fn send_one(
         &self,
         lane: &Lane,
-        run: Option<&Running>,
+        run: Option<Arc<Running>>,
         c: Claimed,
         now: DateTime<Utc>,
     ) -> Recorded {
@@ -393,7 +499,7 @@ impl Dispatcher {
             channel_attempts: u32::try_from(c.channel_attempts).unwrap_or(0),
         };
         let started = Utc::now().max(now);
-        let (route, outcome) = match run {
+        let (route, outcome) = match &run {
             None => (
                 String::new(),
                 SendOutcome::Failed {
