@@ -110,6 +110,9 @@ async fn a_gsm_text_goes_as_data_coding_0_one_octet_per_character() {
     // Unpacked: one octet per septet, two for each of `[`, `]` and `€`.
     assert_eq!(s["sm_length"], text.chars().count() + 3);
     assert_eq!(sent.receipt, format!("message id {}", sent.message_ids[0]));
+    // Nobody took the receipts: the centre's deliver_sm is answered at once, with ESME_ROK.
+    let answers = server.wait_for("deliver_sm_resp", 1, WAIT).await.unwrap();
+    assert_eq!(answers[0]["status"], 0, "{answers:?}");
 }
 
 #[tokio::test]
@@ -278,13 +281,16 @@ async fn a_slow_centre_times_out_and_the_window_caps_what_is_in_flight() {
 }
 
 #[tokio::test]
-async fn close_unbinds_and_a_transmitter_gets_no_receipts() {
+async fn keep_alive_then_close_unbinds_and_a_transmitter_gets_no_receipts() {
     let server = peer!();
     let mut c = config(server.port);
     c.bind_mode = BindMode::Transmitter;
+    c.enquire_link_seconds = 1;
     let channel = SmppChannel::new(c).unwrap();
     channel.healthcheck().await.unwrap();
     channel.send(&sms("+79001112233", "x")).await.unwrap();
+    // The healthcheck's enquire_link, then a keep-alive.
+    server.wait_for("enquire_link", 2, WAIT).await.unwrap();
     channel.close().await;
     let binds = server.wait_for("unbind", 1, WAIT).await.unwrap();
     assert_eq!(binds.len(), 1);
