@@ -475,5 +475,16 @@ mod tests {
                 .await
                 .is_err()
         );
+        // The demo's meters: cold and hot water per resident with an account, once.
+        assert_eq!(seed_demo(&mut c, "t").await.unwrap(), 2);
+        assert_eq!(seed_demo(&mut c, "t").await.unwrap(), 0);
+        let page = PageRequest {
+            after: 0,
+            limit: 10,
+        };
+        let all = super::list(&mut c, None, Some("5102"), page).await.unwrap();
+        let serials: Vec<&str> = all.iter().map(|m| m.serial.as_str()).collect();
+        assert_eq!(serials, ["CW-1", "CW-5102", "HW-5102"]);
+        assert!(all[1].last_value.is_some() && all[1].monthly_increase.is_some());
     }
 }
