@@ -187,24 +187,20 @@ impl Core {
             self.respond(tx_key, &forbidden(&req), from, now).await;
             return;
         };
-        match self.nonces.check(&creds.nonce, Utc::now().timestamp()) {
-            NonceCheck::Fresh => {}
-            NonceCheck::Stale => {
-                let res = self.challenge(&req, true);
-                self.respond(tx_key, &res, from, now).await;
-                return;
-            }
-            NonceCheck::Forged => {
-                self.auth_failed("bad_nonce", &creds.username, from);
-                let res = self.challenge(&req, false);
-                self.respond(tx_key, &res, from, now).await;
-                return;
-            }
-        }
+        // The password first: a right answer to a nonce that is old, or not ours (one of before a
+        // restart: each run has its own key), is re-challenged with `stale=true`, never accepted.
         if !creds.verify(&account.ha1, "REGISTER") {
             self.auth_failed("wrong_password", &creds.username, from);
             self.respond(tx_key, &forbidden(&req), from, now).await;
             return;
+        }
+        match self.nonces.check(&creds.nonce, Utc::now().timestamp()) {
+            NonceCheck::Fresh => {}
+            NonceCheck::Stale | NonceCheck::Forged => {
+                let res = self.challenge(&req, true);
+                self.respond(tx_key, &res, from, now).await;
+                return;
+            }
         }
         let transport = if self.tcp.contains_key(&from) {
             "tcp"
@@ -250,15 +246,26 @@ impl Core {
                 }
             }
         }
+        // The binding of this REGISTER's Contact with the time granted (in Contact and Expires, so
+        // the phone refreshes in time when it asked for more than `MAX_EXPIRES`).
         let now_utc = Utc::now();
         let mut res = Response::to_request(&req, 200, "OK", Some(&random_token()));
-        for b in self
-            .bindings
-            .iter()
-            .filter(|b| b.username == account.username && b.expires_at > now_utc)
-        {
+        let this = req.common.contact.as_ref().and_then(|c| {
+            let contact = c.uri.to_string();
+            self.bindings
+                .iter()
+                .find(|b| b.username == account.username && b.contact == contact)
+        });
+        if let (Some(b), Some(c)) = (this, &req.common.contact) {
             let left = (b.expires_at - now_utc).num_seconds().max(0);
-            res = res.with_header("Contact", format!("<{}>;expires={left}", b.contact));
+            let mut params = Params::default();
+            params.set("expires", Some(left.to_string()));
+            res.common.contact = Some(NameAddr {
+                display: None,
+                uri: c.uri.clone(),
+                params,
+            });
+            res = res.with_header("Expires", left.to_string());
         }
         self.respond(tx_key, &res, from, now).await;
     }
