@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod policy;
 pub mod report;
 pub mod templates;
+pub mod voice;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

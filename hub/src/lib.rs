@@ -152,7 +152,12 @@ pub async fn run(
     let deliverer = delivery::Deliverer::from_config(&config).map_err(HubError::Setup)?;
     tasks.spawn(deliverer.run(state.clone(), shutdown.clone()));
     if config.campaigns.enabled {
-        let dispatcher = campaigns::dispatch::Dispatcher::from_config(&config, None)
+        // Voice through the telephony core when it runs; otherwise voice contacts fall through.
+        let dialer = state.telephony.clone().map(|phone| {
+            Arc::new(campaigns::voice::TelephonyDialer::new(phone, &config))
+                as Arc<dyn campaigns::dispatch::Dialer>
+        });
+        let dispatcher = campaigns::dispatch::Dispatcher::from_config(&config, dialer)
             .map_err(HubError::Setup)?;
         tasks.spawn(dispatcher.run(state.clone(), shutdown.clone()));
     }

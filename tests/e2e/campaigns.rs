@@ -381,3 +381,107 @@ async fn a_hub_killed_mid_campaign_messages_every_contact_exactly_once() {
         "the sends in flight at the kill (at most the concurrency) are settled as sent: {interrupted}"
     );
 }
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port")
+        .port()
+}
+
+/// Voice through the telephony core: SIPp plays the provider's trunk and the residents' phones (it
+/// answers and presses 1), so both contacts end `confirmed` by voice and no SMS is sent.
+#[tokio::test]
+async fn a_voice_campaign_calls_through_the_trunk_and_1_confirms() {
+    let env = TestEnv::new().await;
+    let pcap = env.path("pcap");
+    if !pcap.exists() {
+        std::os::unix::fs::symlink("/usr/share/sip-tester", &pcap).expect("link pcap");
+    }
+    let (sip_port, media_port) = (free_udp_port(), free_udp_port());
+    let errors = env.path("uas_dtmf.errors.log");
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sipp/uas_dtmf.xml");
+    let _phone = tokio::process::Command::new("sipp")
+        .current_dir(env.dir.path())
+        .arg("-sf")
+        .arg(&scenario)
+        .args(["-m", "2", "-nostdin", "-timeout", "90", "-trace_err"])
+        .arg("-error_file")
+        .arg(&errors)
+        .args(["-i", "127.0.0.1", "-p", &sip_port.to_string()])
+        .args(["-mp", &media_port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sipp ({e}): install the Debian package sip-tester"));
+    let sms = HttpStub::start().await.expect("sms stub");
+    sms.reply(200, r#"{"status":"accepted"}"#);
+    env.add_config(&format!(
+        r#"
+[telephony.trunks.provider]
+host = "127.0.0.1:{sip_port}"
+lines = 1
+
+[campaigns]
+poll_ms = 50
+
+[channels.sms]
+type = "http_sms"
+url = "{}/send"
+body = '{{"to": "{{phone}}", "text": "{{text}}"}}'
+success_contains = "accepted"
+"#,
+        sms.url()
+    ));
+    env.add_user("admin", "admin", &password_of("admin")).await;
+    let hub = env.start(false).await;
+    let admin = hub.login_as("admin").await;
+    admin
+        .post_ok(
+            "/api/v1/tenants",
+            &json!({"external_id": "t1", "name": "Teplo", "kind": "supplier"}),
+        )
+        .await;
+    for (kind, csv) in [
+        (
+            "sites",
+            "tenant,external_id,parent,kind,name,address\nt1,b1,,building,B1,\"ул. Речная, д. 1\"\n",
+        ),
+        (
+            "consumers",
+            "tenant,external_id,kind,name,phones,preferred_channels,sites\nt1,c1,resident,Иванов Иван,+79001110001,voice,b1\nt1,c2,resident,Петрова Анна,+79001110002,voice,b1\n",
+        ),
+    ] {
+        admin
+            .post_raw(&format!("/api/v1/import/{kind}"), Some("text/csv"), csv)
+            .await
+            .ok();
+    }
+    let campaign = admin
+        .post_ok(
+            "/api/v1/campaigns",
+            &json!({"name": "voice", "tenant": "t1", "audience": {"sites": ["b1"]},
+                    "template": "service_restored", "channels": ["voice", "sms"],
+                    "override_quiet_hours": true}),
+        )
+        .await;
+    let id = campaign["id"].as_i64().expect("id");
+    assert_eq!(campaign["contacts"], 2);
+    wait_finished(&admin, &hub, id, Duration::from_secs(90)).await;
+    let contacts = admin
+        .get_ok(&format!("/api/v1/campaigns/{id}/contacts"))
+        .await;
+    for c in contacts["items"].as_array().expect("items") {
+        assert_eq!(
+            (c["status"].as_str(), c["reached_via"].as_str()),
+            (Some("confirmed"), Some("voice")),
+            "{c}\nsipp errors:\n{}",
+            std::fs::read_to_string(&errors).unwrap_or_default()
+        );
+    }
+    assert!(sms.requests().is_empty(), "no SMS after a confirmed call");
+    let report = admin
+        .get_ok(&format!("/api/v1/campaigns/{id}/report"))
+        .await;
+    assert_eq!(report["by_status"]["confirmed"], 2, "{report}");
+}
