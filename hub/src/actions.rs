@@ -18,7 +18,7 @@ pub async fn record_outage(
     tenant_scope: Option<i64>,
     new: &NewOutage,
 ) -> Result<(Outage, Change), StorageError> {
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let (outage, change) = outages::upsert(&mut tx, &mut Refs::scoped(tenant_scope), new).await?;
     finish_outage(state, tx, actor, source, outage, change).await
 }
@@ -31,7 +31,7 @@ pub async fn close_outage(
     id: i64,
     at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(Outage, Change), StorageError> {
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let (outage, change) = outages::close(&mut tx, id, at).await?;
     finish_outage(state, tx, actor, source, outage, change).await
 }
@@ -88,7 +88,7 @@ pub async fn announce_outage(
         Change::Updated => EventKind::OutageUpdated,
         Change::Closed => EventKind::OutageClosed,
     };
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let info = outage_info(&mut tx, outage).await?;
     let event = state.bus.event(source, kind(info));
     events::append(&mut tx, &event).await?;

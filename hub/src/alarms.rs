@@ -412,7 +412,7 @@ async fn raise_once(
     idx: &rules::network::NetworkIndex,
 ) -> Result<(Alarm, bool), StorageError> {
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let (alarm, new) = match store::open_by_key(&mut tx, &spec.key).await? {
         Some(open) => {
             if scope.is_some() && open.tenant_id != scope {
@@ -489,7 +489,7 @@ pub async fn clear(
     check_text("comment", reason, MAX_MESSAGE)?;
     let idx = state.network.get(&state.db).await?;
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let Some(alarm) = open_alarm(&mut tx, which).await? else {
         return Ok(None);
     };
@@ -515,7 +515,7 @@ pub async fn acknowledge(
 ) -> Result<Alarm, StorageError> {
     check_text("comment", comment, MAX_MESSAGE)?;
     let now = Utc::now();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let alarm = store::get(&mut tx, id).await?;
     if !store::acknowledge(&mut tx, id, user, comment, now).await? {
         return Err(StorageError::invalid(
@@ -550,7 +550,7 @@ pub async fn shelve(
     if until <= now {
         return Err(StorageError::invalid("minutes", "must be in the future"));
     }
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let alarm = store::get(&mut tx, id).await?;
     if !alarm.is_open() {
         return Err(StorageError::invalid(
@@ -625,7 +625,7 @@ pub async fn notify_staff(
         return Err(StorageError::invalid("to", "must not be empty"));
     }
     check_text("message", message, MAX_MESSAGE)?;
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let tenant_id = match tenant {
         Some(t) => Some(Refs::new().tenant(&mut tx, t).await?),
         None => None,
@@ -826,7 +826,7 @@ impl Escalator {
         now: DateTime<Utc>,
     ) -> Result<Vec<Notification>, StorageError> {
         let idx = state.network.get(&state.db).await?;
-        let mut tx = state.db.pool.begin().await?;
+        let mut tx = state.db.begin().await?;
         reconcile(&mut tx, state, &idx, now).await?;
         let mut sent = Vec::new();
         for a in store::due(&mut tx, now).await? {

@@ -316,7 +316,7 @@ impl fmt::Display for DemoSummary {
 pub async fn load(db: &Db) -> Result<DemoSummary, StorageError> {
     let started = Instant::now();
     let set = generate()?;
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     if already_loaded(&mut tx, &set).await? {
         tx.rollback().await?;
         return Ok(set.summary(false));
@@ -389,7 +389,7 @@ pub async fn ensure_users(db: &Db) -> Result<Vec<(String, String)>, StorageError
     let mut created = Vec::new();
     for role in Role::ALL {
         let name = role.as_str();
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin().await?;
         if users::credentials(&mut tx, name).await?.is_some() {
             continue;
         }

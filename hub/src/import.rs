@@ -302,7 +302,7 @@ pub async fn run(
     let mut errors = Vec::new();
     let rows = parse_rows(kind, format, file, text, &mut errors);
     let total = rows.len() + errors.len();
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let mut refs = Refs::scoped(opts.tenant_scope);
     let row_err = |file: &str, line: usize, e: StorageError| -> Result<RowError, StorageError> {
         match e {

@@ -448,7 +448,7 @@ impl Ingestor {
         };
         let event = self.state.bus.event("ingest", kind);
         let stored = async {
-            let mut tx = self.state.db.pool.begin().await?;
+            let mut tx = self.state.db.begin().await?;
             sensors::set_online(&mut tx, sensor_id, online).await?;
             events::append(&mut tx, &event).await?;
             tx.commit().await?;

@@ -369,17 +369,9 @@ pub fn check_transition(
     Ok(())
 }
 
-/// A transaction that holds the write lock from its first statement on SQLite. A deferred one that
-/// reads first and writes later fails at once (`SQLITE_BUSY_SNAPSHOT`, no busy wait) when another
-/// connection committed in between, e.g. the delivery worker recording a sent notification.
+/// A transaction that holds the write lock from its first statement on SQLite (see `Db::begin`).
 async fn begin(state: &AppState) -> Result<sqlx::Transaction<'static, sqlx::Any>, TicketError> {
-    let mut tx = state.db.pool.begin().await?;
-    if state.db.backend == crate::storage::Backend::Sqlite {
-        sqlx::query("UPDATE tickets SET id = id WHERE id = -1")
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(tx)
+    Ok(state.db.begin().await?)
 }
 
 fn source_of(actor: &str) -> &'static str {

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -300,14 +299,7 @@ async fn incidents(
     user: CurrentUser,
     ApiQuery(q): ApiQuery<IncidentQuery>,
 ) -> Result<Response, ApiError> {
-    let to = q.to.unwrap_or_else(Utc::now);
-    let from = q.from.unwrap_or(to - chrono::Duration::days(30));
-    if from >= to {
-        return Err(ApiError::field("from", "must be before `to`"));
-    }
-    if to - from > chrono::Duration::days(366) {
-        return Err(ApiError::field("from", "the period is at most 366 days"));
-    }
+    let (from, to) = super::report_period(q.from, q.to)?;
     let tenant = user.scope(q.tenant)?;
     let mut conn = s.db.conn().await?;
     let log = incident_log(&mut conn, from, to, tenant).await?;
@@ -315,17 +307,7 @@ async fn incidents(
         IncidentFormat::Json => Ok(Json(log).into_response()),
         IncidentFormat::Csv => {
             let body = to_csv(&log).map_err(|e| ApiError::Internal(format!("csv: {e}")))?;
-            Ok((
-                [
-                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                    (
-                        header::CONTENT_DISPOSITION,
-                        "attachment; filename=\"incidents.csv\"",
-                    ),
-                ],
-                body,
-            )
-                .into_response())
+            Ok(super::csv_download("incidents.csv", body))
         }
     }
 }

@@ -77,7 +77,7 @@ async fn upsert(
     ApiJson(new): ApiJson<NewConsumer>,
 ) -> Result<Json<Consumer>, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let ids = consumers::upsert_many(
         &mut tx,
         &mut Refs::scoped(user.0.tenant_id),
@@ -109,7 +109,7 @@ async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let c = consumers::get(&mut tx, id).await?;
     user.check_tenant(c.tenant_id, &format!("consumer {id}"))?;
     consumers::delete(&mut tx, id).await?;

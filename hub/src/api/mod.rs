@@ -13,13 +13,13 @@ pub mod health;
 pub mod import;
 pub mod ivr;
 pub mod meters;
-pub mod recordings;
 pub mod network;
 pub mod outages;
 pub mod queues;
+pub mod recordings;
 pub mod rules;
-pub mod sip;
 pub mod sensors;
+pub mod sip;
 pub mod sites;
 pub mod tenants;
 pub mod tickets;
@@ -220,6 +220,38 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+}
+
+/// The period of a report from its `from`/`to` query parameters: by default the 30 days up to now;
+/// `from` must be before `to`, and a period spans at most 366 days.
+pub fn report_period(
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), ApiError> {
+    let to = to.unwrap_or_else(chrono::Utc::now);
+    let from = from.unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(ApiError::field("from", "must be before `to`"));
+    }
+    if to - from > chrono::Duration::days(366) {
+        return Err(ApiError::field("from", "the period is at most 366 days"));
+    }
+    Ok((from, to))
+}
+
+/// A CSV file to download as `name`.
+pub fn csv_download(name: &str, body: impl Into<axum::body::Body>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        body.into(),
+    )
+        .into_response()
 }
 
 /// Every error an endpoint can answer with. Internal causes are logged, never sent.

@@ -54,7 +54,7 @@ async fn upsert(
     ApiJson(new): ApiJson<NewSupplyPoint>,
 ) -> Result<Json<SupplyPoint>, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let p = network::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(p.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "supply_point", p.id, &p).await?;
@@ -80,7 +80,7 @@ async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let p = network::get(&mut tx, id).await?;
     user.check_tenant(p.tenant_id, &format!("supply point {id}"))?;
     network::delete(&mut tx, id).await?;

@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -48,14 +47,7 @@ async fn answer_report(
     user: CurrentUser,
     ApiQuery(q): ApiQuery<AnswerQuery>,
 ) -> Result<Response, ApiError> {
-    let to = q.to.unwrap_or_else(Utc::now);
-    let from = q.from.unwrap_or(to - chrono::Duration::days(30));
-    if from >= to {
-        return Err(ApiError::field("from", "must be before `to`"));
-    }
-    if to - from > chrono::Duration::days(366) {
-        return Err(ApiError::field("from", "the period is at most 366 days"));
-    }
+    let (from, to) = super::report_period(q.from, q.to)?;
     let threshold = q.threshold_s.unwrap_or(THRESHOLD_S);
     if !(1..=86_400).contains(&threshold) {
         return Err(ApiError::field("threshold_s", "must be 1 to 86400 seconds"));
@@ -66,17 +58,10 @@ async fn answer_report(
     let days = answer_times::aggregate(&calls, threshold);
     match q.format.unwrap_or_default() {
         ReportFormat::Json => Ok(Json(days).into_response()),
-        ReportFormat::Csv => Ok((
-            [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-                (
-                    header::CONTENT_DISPOSITION,
-                    "attachment; filename=\"answer-times.csv\"",
-                ),
-            ],
+        ReportFormat::Csv => Ok(super::csv_download(
+            "answer-times.csv",
             answer_times::to_csv(&days),
-        )
-            .into_response()),
+        )),
     }
 }
 

@@ -63,7 +63,7 @@ async fn upsert(
     ApiJson(new): ApiJson<NewSensor>,
 ) -> Result<Json<Sensor>, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let sensor = sensors::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(sensor.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "sensor", sensor.id, &sensor).await?;
@@ -97,7 +97,7 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let sensor = find(&mut tx, &id).await?;
     user.check_tenant(sensor.tenant_id, &format!("sensor {id}"))?;
     sensors::delete(&mut tx, sensor.id).await?;

@@ -67,7 +67,7 @@ async fn upsert(
     ApiJson(new): ApiJson<NewSite>,
 ) -> Result<Json<Site>, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let site = sites::upsert(&mut tx, &mut Refs::scoped(user.0.tenant_id), &new).await?;
     user.check_tenant(site.tenant_id, "tenant")?;
     commit_audited(tx, &user, "upsert", "site", site.id, &site).await?;
@@ -94,7 +94,7 @@ async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     user.require(Permission::ManageModel)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let site = sites::get(&mut tx, id).await?;
     user.check_tenant(site.tenant_id, &format!("site {id}"))?;
     sites::delete(&mut tx, id).await?;

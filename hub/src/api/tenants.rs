@@ -41,7 +41,7 @@ async fn upsert(
     ApiJson(new): ApiJson<NewTenant>,
 ) -> Result<Json<Tenant>, ApiError> {
     user.require(Permission::Administer)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let t = tenants::upsert(&mut tx, &new).await?;
     commit_audited(tx, &user, "upsert", "tenant", t.id, &t).await?;
     Ok(Json(t))
@@ -67,7 +67,7 @@ async fn delete(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     user.require(Permission::Administer)?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     tenants::delete(&mut tx, id).await?;
     commit_audited(tx, &user, "delete", "tenant", id, &()).await?;
     Ok(StatusCode::NO_CONTENT)

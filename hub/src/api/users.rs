@@ -74,7 +74,7 @@ async fn create(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let created = users::create(&mut tx, &new.username, &hash, new.role, new.tenant_id).await?;
     commit_audited(tx, &user, "create", "user", created.id, &created).await?;
     Ok(Json(CreatedUser {
@@ -110,7 +110,7 @@ async fn update(
         }
         None => None,
     };
-    let mut tx = s.db.pool.begin().await?;
+    let mut tx = s.db.begin().await?;
     let updated = users::update(&mut tx, id, ch.role, ch.disabled, hash.as_deref()).await?;
     let details = serde_json::json!({"role": ch.role, "disabled": ch.disabled, "password_changed": hash.is_some()});
     commit_audited(tx, &user, "update", "user", id, &details).await?;

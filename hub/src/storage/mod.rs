@@ -93,6 +93,17 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migration
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 impl Db {
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads first and writes later fails at once with
+    /// `SQLITE_BUSY_SNAPSHOT` when another connection committed in between, where an immediate one
+    /// waits its turn (the busy timeout). On PostgreSQL, a plain `BEGIN`.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Opens the pool; a SQLite file (and its folder) is created if missing and put in WAL mode.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
