@@ -700,7 +700,53 @@ pub async fn launch(
             "campaign cannot finish before its deadline at the channels' rates");
     }
     tracing::info!(campaign = campaign.id, contacts = p.contacts.len(), first, %actor, "campaign created");
+    if first > 0 {
+        call_list_tickets(state, actor, &campaign, &p.tenant).await;
+    }
     Ok(campaign)
+}
+
+/// One ticket per call-list entry, so that operators see the calls to make in their ticket queue
+/// (category `callback`, due at the hand-over time, source `campaign`). A ticket that cannot be created
+/// is logged: the call list itself stands.
+async fn call_list_tickets(state: &AppState, actor: &str, campaign: &Campaign, tenant: &str) {
+    let entries = match state.db.conn().await {
+        Ok(mut conn) => campaigns::call_list(&mut conn, campaign.id).await,
+        Err(e) => Err(e),
+    };
+    let entries = match entries {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(campaign = campaign.id, error = %e, "call-list tickets not created");
+            return;
+        }
+    };
+    for e in entries {
+        let why = if e.life_support.0 {
+            "жизнеобеспечение"
+        } else {
+            "социальный объект"
+        };
+        let body = serde_json::json!({
+            "tenant": tenant,
+            "category": "callback",
+            "description": format!("Кампания «{}» (№{}): позвонить до робота ({why})", campaign.name, campaign.id),
+            "consumer": e.external_id,
+            "priority": if e.life_support.0 { "urgent" } else { "high" },
+            "due_at": campaign.handover_at,
+            "source": "campaign",
+        });
+        let created = match serde_json::from_value::<crate::tickets::NewTicket>(body) {
+            Ok(new) => crate::tickets::create(state, actor, &new)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = created {
+            tracing::warn!(campaign = campaign.id, consumer = %e.external_id, %error, "call-list ticket not created");
+        }
+    }
 }
 
 /// One contact of a preview: who, by which channels, and each channel's message.

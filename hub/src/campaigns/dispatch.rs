@@ -1015,6 +1015,13 @@ mod tests {
             ("c1", "queued")
         );
         assert_eq!(sms.sent.lock().unwrap().len(), 3, "everyone but c1");
+        let (tickets,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM tickets WHERE source = 'campaign' AND category = 'callback'",
+        )
+        .fetch_one(&state.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(tickets, 1, "a ticket per call-list entry");
         super::super::operator_done(&state, "op", c.id, list[0].contact_id, "reached")
             .await
             .unwrap();
