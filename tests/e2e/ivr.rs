@@ -282,7 +282,7 @@ async fn a_resident_in_an_outage_hears_the_announcement_then_gives_a_reading() {
     }
 
     let call = last_call(&admin).await;
-    assert_eq!(call["site_id"].is_null(), false, "{call}");
+    assert!(!call["site_id"].is_null(), "{call}");
     let items = readings(&admin, 1).await;
     assert_eq!(items[0]["value"], 324.5, "{items:?}");
     assert_eq!(items[0]["call_id"], call["id"]);
@@ -454,7 +454,7 @@ async fn rtp_from_a_wrong_address_is_ignored_and_counted() {
     // One RTP port for the hub's calls, so the test knows where to send.
     let port = loop {
         let p = crate::telephony::free_udp_port();
-        if p % 2 == 0 && p < 65000 {
+        if p.is_multiple_of(2) && p < 65000 {
             break p;
         }
     };
