@@ -30,5 +30,4 @@ mod slice;
 mod smpp;
 mod telephony;
 mod telephony_sip;
-mod telephony_sip;
 mod tickets;

@@ -575,6 +575,37 @@ pub async fn commit_audited<T: Serialize>(
     Ok(())
 }
 
+/// One request to the app as the holder of `token`, for `oneshot` tests: the status and the body as
+/// text. `body`, if any, is sent as JSON.
+#[cfg(test)]
+pub(crate) async fn test_call(
+    app: &Router,
+    token: &str,
+    method: &str,
+    uri: &str,
+    body: Option<serde_json::Value>,
+) -> (StatusCode, String) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("authorization", format!("Bearer {token}"));
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(body.map_or(axum::body::Body::empty(), |b| {
+            axum::body::Body::from(b.to_string())
+        }))
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Builds an app over a fresh database with a logged-in user of `role`, for `oneshot` tests.
 #[cfg(test)]
 pub(crate) async fn test_app(

@@ -67,25 +67,13 @@ async fn answer_report(
 
 #[cfg(test)]
 mod tests {
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
+    use axum::http::StatusCode;
     use serde_json::{Value, json};
-    use tower::ServiceExt;
 
     use crate::names::Role;
 
     async fn get(app: &axum::Router, token: &str, uri: &str) -> (StatusCode, String) {
-        let req = Request::builder()
-            .uri(uri)
-            .header("authorization", format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        let res = app.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        crate::api::test_call(app, token, "GET", uri, None).await
     }
 
     #[tokio::test]
