@@ -27,9 +27,10 @@ ALTER TABLE campaign_contacts ADD COLUMN reached_via TEXT;
 ALTER TABLE campaign_contacts ADD COLUMN reason TEXT;
 ALTER TABLE campaign_contacts ADD COLUMN vars TEXT;
 ALTER TABLE campaign_contacts ADD COLUMN finished_at BIGINT;
--- The dispatcher's claim: queued contacts of one channel in calling order.
-CREATE INDEX campaign_contacts_due ON campaign_contacts(status, channel, id);
-CREATE INDEX campaign_contacts_campaign_status ON campaign_contacts(campaign_id, status);
+-- The dispatcher's claim (queued contacts of a campaign and channel in calling order), a campaign's
+-- open contacts, and the settling of expired leases.
+CREATE INDEX campaign_contacts_due ON campaign_contacts(campaign_id, status, channel, id);
+CREATE INDEX campaign_contacts_status ON campaign_contacts(status, lease_until);
 
 CREATE TABLE campaign_attempts (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,

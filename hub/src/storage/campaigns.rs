@@ -398,28 +398,32 @@ pub async fn claim(
     if campaigns.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let ids = campaigns
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Repeated outside the sub-query so that, on PostgreSQL, a row another worker took is skipped.
-    let due = format!(
-        "status = 'queued' AND channel = $2 AND next_attempt_at <= $3 AND campaign_id IN ({ids})
-         AND (hold_until IS NULL OR hold_until <= $3)"
-    );
+    // Campaign by campaign (oldest first), so that each claim is one range of the index
+    // (campaign_id, status, channel, id) read in calling order. The test is repeated outside the
+    // sub-query so that, on PostgreSQL, a row another worker took meanwhile is skipped.
+    let due = "campaign_id = $5 AND status = 'queued' AND channel = $2 AND next_attempt_at <= $3
+         AND (hold_until IS NULL OR hold_until <= $3)";
     let sql = format!(
         "UPDATE campaign_contacts SET status = 'sending', lease_until = $1, updated_at = $3
           WHERE id IN (SELECT id FROM campaign_contacts WHERE {due} ORDER BY id LIMIT $4) AND {due}
           RETURNING id"
     );
-    let claimed: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(to_ms(lease_until))
-        .bind(channel.as_str())
-        .bind(to_ms(now))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut claimed: Vec<(i64,)> = Vec::new();
+    for campaign in campaigns {
+        let left = limit.saturating_sub(claimed.len());
+        if left == 0 {
+            break;
+        }
+        let rows: Vec<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(to_ms(lease_until))
+            .bind(channel.as_str())
+            .bind(to_ms(now))
+            .bind(i64::try_from(left).unwrap_or(i64::MAX))
+            .bind(*campaign)
+            .fetch_all(&mut *conn)
+            .await?;
+        claimed.extend(rows);
+    }
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
