@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::harness::{Api, ids, spawn_hub};
 
 /// Reads an SSE response until an event named `name` arrives; returns its `data:` JSON.
-async fn next_event(
+pub(crate) async fn next_event(
     res: &mut reqwest::Response,
     buf: &mut String,
     name: &str,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{Api, TestEnv, password_of, spawn_hub};
+use crate::outages::next_event;
 use crate::telephony::{free_udp_port, scenario, sipp};
 
 /// A SIPp UAS (or a UAC that is called later) running `name` on a fresh port; the handle ends with the
@@ -89,31 +90,6 @@ async fn place(api: &Api, body: &Value) -> i64 {
     let res = api.post("/api/v1/calls", body).await;
     assert_eq!(res.status, 202, "{}", res.text);
     res.json()["id"].as_i64().expect("call id")
-}
-
-/// The next SSE event named `name` (the live stream of the bus).
-async fn next_event(res: &mut reqwest::Response, buf: &mut String, name: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let field = |key: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .map(|v| v.trim_start().to_owned())
-            };
-            if field("event:").as_deref() == Some(name) {
-                return serde_json::from_str(&field("data:").expect("data")).expect("json");
-            }
-        }
-        let chunk = tokio::time::timeout_at(deadline, res.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no `{name}` event; got so far: {buf}"))
-            .expect("read event stream")
-            .unwrap_or_else(|| panic!("event stream ended before `{name}`"));
-        buf.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
-    }
 }
 
 #[tokio::test]
