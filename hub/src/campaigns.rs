@@ -788,14 +788,14 @@ pub async fn preview(
     let mut sample = Vec::new();
     for c in p.contacts.iter().take(n) {
         let consumer = crate::storage::consumers::get(&mut conn, c.consumer_id).await?;
-        let address: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT COALESCE(NULLIF(s.address, ''), p.address) FROM consumer_sites cs
-               JOIN sites s ON s.id = cs.site_id LEFT JOIN sites p ON p.id = s.parent_id
-              WHERE cs.consumer_id = $1 ORDER BY cs.site_id LIMIT 1",
-        )
-        .bind(c.consumer_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let sql = format!(
+            "SELECT {} FROM consumers c WHERE c.id = $1",
+            campaigns::ADDRESS
+        );
+        let address: Option<(Option<String>,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(c.consumer_id)
+            .fetch_optional(&mut *conn)
+            .await?;
         let contact_vars: BTreeMap<String, String> = c
             .vars
             .as_deref()

@@ -17,6 +17,13 @@ const ATTEMPTS_PER_STATEMENT: usize = 2500;
 /// Ids per `IN (...)` list.
 const IDS_PER_STATEMENT: usize = 5000;
 
+/// A consumer's postal address (of `c`, a `consumers` row): their first site's, or that site's
+/// parent's when the site has none (an apartment without its own address).
+pub const ADDRESS: &str =
+    "(SELECT COALESCE(NULLIF(s.address, ''), p.address) FROM consumer_sites cs
+       JOIN sites s ON s.id = cs.site_id LEFT JOIN sites p ON p.id = s.parent_id
+      WHERE cs.consumer_id = c.id ORDER BY cs.site_id LIMIT 1)";
+
 /// Contact statuses that end the contact with someone reached.
 pub const REACHED: [&str; 4] = ["sent", "delivered", "answered", "confirmed"];
 
@@ -435,9 +442,7 @@ pub async fn claim(
     let sql = format!(
         "SELECT cc.id, cc.campaign_id, cc.plan, cc.step, cc.channel_attempts, cc.vars, c.name, c.phones, c.email,
                 c.telegram, c.account_number, c.language,
-                (SELECT COALESCE(NULLIF(s.address, ''), p.address) FROM consumer_sites cs
-                   JOIN sites s ON s.id = cs.site_id LEFT JOIN sites p ON p.id = s.parent_id
-                  WHERE cs.consumer_id = c.id ORDER BY cs.site_id LIMIT 1) AS address
+                {ADDRESS} AS address
            FROM campaign_contacts cc JOIN consumers c ON c.id = cc.consumer_id
           WHERE cc.id IN ({ids}) ORDER BY cc.id"
     );
@@ -639,19 +644,18 @@ pub async fn call_list(
     conn: &mut AnyConnection,
     campaign_id: i64,
 ) -> Result<Vec<CallListEntry>, StorageError> {
-    Ok(sqlx::query_as(
+    let sql = format!(
         "SELECT cc.id AS contact_id, cc.consumer_id, c.external_id, c.name, c.phones,
                 c.life_support, c.social_object,
-                (SELECT COALESCE(NULLIF(s.address, ''), p.address) FROM consumer_sites cs
-                   JOIN sites s ON s.id = cs.site_id LEFT JOIN sites p ON p.id = s.parent_id
-                  WHERE cs.consumer_id = c.id ORDER BY cs.site_id LIMIT 1) AS address,
+                {ADDRESS} AS address,
                 cc.operator_result, cc.status
            FROM campaign_contacts cc JOIN consumers c ON c.id = cc.consumer_id
-          WHERE cc.campaign_id = $1 AND cc.priority = 0 ORDER BY cc.id",
-    )
-    .bind(campaign_id)
-    .fetch_all(&mut *conn)
-    .await?)
+          WHERE cc.campaign_id = $1 AND cc.priority = 0 ORDER BY cc.id"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(campaign_id)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// An operator finished a call-list entry: the robot may take the contact now.
@@ -741,18 +745,17 @@ pub async fn letters(
     conn: &mut AnyConnection,
     campaign_id: i64,
 ) -> Result<Vec<Letter>, StorageError> {
-    Ok(sqlx::query_as(
+    let sql = format!(
         "SELECT cc.id AS contact_id, c.external_id, c.name, c.account_number,
-                (SELECT COALESCE(NULLIF(s.address, ''), p.address) FROM consumer_sites cs
-                   JOIN sites s ON s.id = cs.site_id LEFT JOIN sites p ON p.id = s.parent_id
-                  WHERE cs.consumer_id = c.id ORDER BY cs.site_id LIMIT 1) AS address,
+                {ADDRESS} AS address,
                 cc.reason
            FROM campaign_contacts cc JOIN consumers c ON c.id = cc.consumer_id
-          WHERE cc.campaign_id = $1 AND cc.status = 'failed' ORDER BY cc.id",
-    )
-    .bind(campaign_id)
-    .fetch_all(&mut *conn)
-    .await?)
+          WHERE cc.campaign_id = $1 AND cc.status = 'failed' ORDER BY cc.id"
+    );
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(campaign_id)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// Consumer fields a launch needs to plan each contact's channels, by id.
