@@ -888,25 +888,15 @@ impl Escalator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::import::ImportKind;
     use crate::names::Role;
 
     /// Tenant `t1`: boiler house `bh` feeds heat point `hp`, which feeds complex `rc`; sensor `hp.p`
     /// sits on `hp`. Returns the state and the ids of `bh` and `hp`.
     async fn world() -> (AppState, tempfile::TempDir) {
-        let (_app, state, _token, dir) = crate::api::test_app(Role::Dispatcher).await;
-        let mut c = state.db.conn().await.unwrap();
-        let t = serde_json::from_value(
-            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
-        )
-        .unwrap();
-        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
-        drop(c);
-        let opts = ImportOptions {
-            actor: "test".into(),
-            ..Default::default()
-        };
-        let files = [
+        crate::api::test_world(
+            Role::Dispatcher,
+            &[
             (
                 ImportKind::Sites,
                 "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\n",
@@ -919,14 +909,9 @@ mod tests {
                 ImportKind::Sensors,
                 "tenant,external_id,kind,unit,site,supply_point,offline_after_s\nt1,hp.p,pressure,bar,,hp,300\n",
             ),
-        ];
-        for (kind, text) in files {
-            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
-                .await
-                .unwrap();
-            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
-        }
-        (state, dir)
+            ],
+        )
+        .await
     }
 
     fn spec(key: &str, severity: AlarmSeverity) -> AlarmSpec {

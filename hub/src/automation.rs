@@ -847,19 +847,9 @@ mod tests {
     /// Tenant `t1`: boiler house `bh` feeds heat point `hp`, which feeds complex `rc` (building `b1`
     /// with consumers `c1`, on life support, and `c2`); sensor `hp.p` sits on `hp`.
     async fn hub() -> (AppState, tempfile::TempDir) {
-        let (_app, state, _token, dir) = crate::api::test_app(Role::Engineer).await;
-        let mut c = state.db.conn().await.unwrap();
-        let t = serde_json::from_value(
-            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
-        )
-        .unwrap();
-        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
-        drop(c);
-        let opts = ImportOptions {
-            actor: "test".into(),
-            ..Default::default()
-        };
-        let files = [
+        crate::api::test_world(
+            Role::Engineer,
+            &[
             (
                 ImportKind::Sites,
                 "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\n",
@@ -876,14 +866,9 @@ mod tests {
                 ImportKind::Sensors,
                 "tenant,external_id,kind,unit,site,supply_point,offline_after_s\nt1,hp.p,pressure,bar,,hp,300\n",
             ),
-        ];
-        for (kind, text) in files {
-            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
-                .await
-                .unwrap();
-            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
-        }
-        (state, dir)
+            ],
+        )
+        .await
     }
 
     fn rc() -> SiteRef {

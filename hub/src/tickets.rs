@@ -1431,24 +1431,14 @@ mod tests {
     use chrono::{Datelike, TimeZone};
 
     use super::*;
-    use crate::import::{Format, ImportKind, ImportOptions, run};
+    use crate::import::ImportKind;
     use crate::names::Role;
 
     /// Tenant `t1` with complex `rc` > building `b1` > apartment `a1`, and a consumer `c1` there.
     async fn hub() -> (AppState, tempfile::TempDir) {
-        let (_app, state, _token, dir) = crate::api::test_app(Role::Operator).await;
-        let mut c = state.db.conn().await.unwrap();
-        let t = serde_json::from_value(
-            serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
-        )
-        .unwrap();
-        crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
-        drop(c);
-        let opts = ImportOptions {
-            actor: "test".into(),
-            ..Default::default()
-        };
-        let files = [
+        crate::api::test_world(
+            Role::Operator,
+            &[
             (
                 ImportKind::Sites,
                 "tenant,external_id,parent,kind,name\nt1,rc,,residential_complex,RC\nt1,b1,rc,building,B1\nt1,a1,b1,apartment,Apt 1\nt1,b2,rc,building,B2\n",
@@ -1457,14 +1447,9 @@ mod tests {
                 ImportKind::Consumers,
                 "tenant,external_id,kind,name,phones,life_support,sites\nt1,c1,resident,Ivanova,+79990000001,false,a1\n",
             ),
-        ];
-        for (kind, text) in files {
-            let r = run(&state.db, kind, Format::Csv, "x.csv", text, &opts)
-                .await
-                .unwrap();
-            assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
-        }
-        (state, dir)
+            ],
+        )
+        .await
     }
 
     fn new_ticket(site: &str) -> NewTicket {

@@ -606,6 +606,41 @@ pub(crate) async fn test_call(
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// A fresh hub state (as `test_app`) with tenant `t1` and the model in `files` (CSV imports, in
+/// order), for tests of the layers above storage.
+#[cfg(test)]
+pub(crate) async fn test_world(
+    role: crate::names::Role,
+    files: &[(crate::import::ImportKind, &str)],
+) -> (AppState, tempfile::TempDir) {
+    let (_app, state, _token, dir) = test_app(role).await;
+    let mut c = state.db.conn().await.unwrap();
+    let t = serde_json::from_value(
+        serde_json::json!({"external_id": "t1", "name": "T", "kind": "supplier"}),
+    )
+    .unwrap();
+    crate::storage::tenants::upsert(&mut c, &t).await.unwrap();
+    drop(c);
+    let opts = crate::import::ImportOptions {
+        actor: "test".into(),
+        ..Default::default()
+    };
+    for (kind, text) in files {
+        let r = crate::import::run(
+            &state.db,
+            *kind,
+            crate::import::Format::Csv,
+            "x.csv",
+            text,
+            &opts,
+        )
+        .await
+        .unwrap();
+        assert!(r.errors.is_empty(), "{kind:?}: {:?}", r.errors);
+    }
+    (state, dir)
+}
+
 /// Builds an app over a fresh database with a logged-in user of `role`, for `oneshot` tests.
 #[cfg(test)]
 pub(crate) async fn test_app(
