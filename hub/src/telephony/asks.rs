@@ -98,7 +98,7 @@ async fn answer(db: &Db, ask: &Ask, ctx: &AskContext) -> Result<Answer, StorageE
             value,
             questioned,
         }) => {
-            let mut tx = db.pool.begin().await?;
+            let mut tx = db.begin().await?;
             let id = meters::add_reading(
                 &mut tx,
                 *meter_id,

@@ -592,7 +592,7 @@ impl Telephony {
 
     /// Deletes a SIP account and its registrations. Audited under `actor`.
     pub async fn delete_account(&self, username: &str, actor: &str) -> Result<(), TelephonyError> {
-        let mut tx = self.db.pool.begin().await.map_err(StorageError::from)?;
+        let mut tx = self.db.begin().await.map_err(StorageError::from)?;
         if !accounts::delete(&mut tx, username).await? {
             return Err(StorageError::not_found(format!("sip account {username}")).into());
         }
@@ -636,7 +636,7 @@ pub async fn create_account(
     if password.chars().count() < 8 {
         return Err(invalid("password", "at least 8 characters"));
     }
-    let mut tx = db.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = db.begin().await.map_err(StorageError::from)?;
     let row: Option<(i64, String)> =
         sqlx::query_as("SELECT id, role FROM users WHERE username = $1")
             .bind(user)
@@ -680,7 +680,7 @@ pub async fn set_ivr_mode(
     announcement: Option<&str>,
     actor: &str,
 ) -> Result<(), TelephonyError> {
-    let mut tx = db.pool.begin().await.map_err(StorageError::from)?;
+    let mut tx = db.begin().await.map_err(StorageError::from)?;
     crate::storage::sites::get(&mut tx, site_id).await?;
     store::set_override(&mut tx, site_id, mode, announcement, actor).await?;
     crate::storage::audit::record(

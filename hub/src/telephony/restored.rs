@@ -81,7 +81,7 @@ async fn notify_batch(db: &Db, outage: Option<i64>) -> Result<(u64, bool), Stora
     let full = due.len() as i64 == BATCH;
     let mut queued = 0;
     for (id, outage_id, phone, channel, language, tenant_id) in due {
-        let mut tx = db.pool.begin().await?;
+        let mut tx = db.begin().await?;
         let (notification,): (i64,) = sqlx::query_as(
             "INSERT INTO notifications (tenant_id, recipient, channels, message, status, created_at, addresses)
              VALUES ($1, $2, $3, $4, 'pending', $5, $6) RETURNING id",
