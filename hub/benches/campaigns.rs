@@ -93,7 +93,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -295,14 +295,10 @@ fn simulate(subscribers: usize, lines: usize) -> (f64, f64, f64) {
         .collect();
     let mut free_at: BinaryHeap<Reverse<u64>> = (0..lines).map(|_| Reverse(0)).collect();
     let (mut reached, mut busy_ms, mut end) = (0usize, 0u64, 0u64);
-    let mut idle_ms = 0u64;
     while let Some(Reverse((t_due, s, attempt))) = due.pop() {
         let Some(Reverse(line_free)) = free_at.pop() else {
             break;
         };
-        if t_due > line_free {
-            idle_ms += t_due - line_free;
-        }
         let start = t_due.max(line_free);
         let r = unit(&mut seed);
         let (secs, retry_min) = if r < MODEL.answered {
@@ -326,8 +322,6 @@ fn simulate(subscribers: usize, lines: usize) -> (f64, f64, f64) {
             due.push(Reverse((done + m * 60_000, s, attempt + 1)));
         }
     }
-    let utilization = busy_ms as f64 / (busy_ms + idle_ms).max(1) as f64;
-    let _ = utilization;
     let span = end as f64;
     (
         span / 3_600_000.0,

@@ -363,8 +363,10 @@ impl Dispatcher {
     /// One round of everything at `now`: settle expired leases, one claim-and-send per lane, finish
     /// campaigns with nothing left. Public so that tests drive time themselves.
     pub async fn step(&self, state: &AppState, now: DateTime<Utc>) -> Result<Round, StorageError> {
-        let mut round = Round::default();
-        round.recovered = self.recover(state, now).await?;
+        let mut round = Round {
+            recovered: self.recover(state, now).await?,
+            ..Round::default()
+        };
         for lane in &self.lanes {
             round.sent += self.lane_round(state, lane, now).await?;
         }

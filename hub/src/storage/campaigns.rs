@@ -620,10 +620,9 @@ pub struct CallListEntry {
 #[serde(transparent)]
 pub struct Flag(pub bool);
 
-impl TryFrom<i64> for Flag {
-    type Error = std::convert::Infallible;
-    fn try_from(v: i64) -> Result<Self, Self::Error> {
-        Ok(Flag(v != 0))
+impl From<i64> for Flag {
+    fn from(v: i64) -> Self {
+        Flag(v != 0)
     }
 }
 
@@ -632,10 +631,9 @@ impl TryFrom<i64> for Flag {
 #[serde(transparent)]
 pub struct JsonList(pub Vec<String>);
 
-impl TryFrom<String> for JsonList {
-    type Error = std::convert::Infallible;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Ok(JsonList(parse_json_list(&s)))
+impl From<String> for JsonList {
+    fn from(s: String) -> Self {
+        JsonList(parse_json_list(&s))
     }
 }
 
