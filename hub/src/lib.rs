@@ -146,9 +146,7 @@ pub async fn run(
             }
         }
     });
-    tasks.spawn(
-        tickets::Scheduler::new(&config.tickets).run(state.clone(), shutdown.clone()),
-    );
+    tasks.spawn(tickets::Scheduler::new(&config.tickets).run(state.clone(), shutdown.clone()));
     let deliverer = delivery::Deliverer::from_config(&config).map_err(HubError::Setup)?;
     tasks.spawn(deliverer.run(state.clone(), shutdown.clone()));
     if config.campaigns.enabled {
@@ -166,7 +164,6 @@ pub async fn run(
         config.database.readings_retention_days,
         shutdown.clone(),
     ));
-
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
