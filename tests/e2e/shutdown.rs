@@ -47,8 +47,10 @@ async fn sigterm_exits_zero_and_data_survives_a_restart() {
     let started = Instant::now();
     let status = hub.terminate().await;
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    // Stopping takes well under a second on an idle machine; the bound catches a hang (a stream or a
+    // task that never ends) without failing when parallel tests starve the CPU and the disk.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "took {:?} to stop",
         started.elapsed()
     );

@@ -164,7 +164,8 @@ impl ChannelConfig {
         let (rate, concurrency) = match self {
             ChannelConfig::Smtp(c) => (c.rate_per_s, c.concurrency),
             ChannelConfig::HttpSms(c) => (c.rate_per_s, c.concurrency),
-            ChannelConfig::Smpp(c) => (c.rate_per_s, c.window),
+            // `window` is checked, under its own name, by the channel's validate below.
+            ChannelConfig::Smpp(c) => (c.rate_per_s, c.window.max(1)),
             ChannelConfig::Telegram(c) => (c.rate_per_s, c.concurrency),
         };
         if !rate.is_finite() || rate < 0.0 {

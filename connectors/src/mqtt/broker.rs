@@ -21,6 +21,25 @@ pub fn start(
     max_payload_bytes: usize,
     max_connections: usize,
 ) -> Result<SocketAddr, ConnectorError> {
+    // With port 0 the port is found free here, then bound by rumqttd a moment later: another process
+    // may take it in between (parallel tests). Then the broker never answers, and another port is tried.
+    let attempts = if listen.port() == 0 { 3 } else { 1 };
+    let mut result = start_once(listen, max_payload_bytes, max_connections);
+    for _ in 1..attempts {
+        if result.is_ok() {
+            break;
+        }
+        tracing::warn!("embedded mqtt broker did not start on a free port; trying another");
+        result = start_once(listen, max_payload_bytes, max_connections);
+    }
+    result
+}
+
+fn start_once(
+    listen: SocketAddr,
+    max_payload_bytes: usize,
+    max_connections: usize,
+) -> Result<SocketAddr, ConnectorError> {
     // rumqttd cannot report the port it bound nor a failure to bind (its server thread just logs),
     // so the address is checked, and port 0 resolved, here first.
     let addr = TcpListener::bind(listen)

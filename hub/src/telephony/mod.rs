@@ -696,6 +696,47 @@ pub async fn set_ivr_mode(
     Ok(())
 }
 
+/// Attempts at a port free for both UDP and TCP when `listen` asks for any port (0).
+const ANY_PORT_ATTEMPTS: usize = 20;
+
+/// The SIP UDP socket and, with `listen_tcp`, the TCP listener on the same port. With port 0 the
+/// system picks a free UDP port, which another process may hold for TCP: then another port is tried.
+async fn bind_sip(
+    config: &TelephonyConfig,
+) -> Result<(UdpSocket, Option<TcpListener>), TelephonyError> {
+    let attempts = if config.listen.port() == 0 {
+        ANY_PORT_ATTEMPTS
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..attempts {
+        let socket =
+            UdpSocket::bind(config.listen)
+                .await
+                .map_err(|source| TelephonyError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        if !config.listen_tcp {
+            return Ok((socket, None));
+        }
+        let port = socket
+            .local_addr()
+            .map_err(|source| TelephonyError::Bind {
+                addr: config.listen,
+                source,
+            })?
+            .port();
+        let addr = SocketAddr::new(config.listen.ip(), port);
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok((socket, Some(listener))),
+            Err(source) => last = Some(TelephonyError::BindTcp { addr, source }),
+        }
+    }
+    Err(last.unwrap_or(TelephonyError::Stopped))
+}
+
 /// Binds the SIP sockets (UDP, and TCP with `listen_tcp`), resolves the trunks, loads the SIP accounts
 /// and live registrations, and starts the transports, the core, the recorder (which publishes call
 /// events on `bus`) and the registration writer on `tasks`.
@@ -734,28 +775,12 @@ pub async fn start(
             accounts::live_registrations(&mut conn, crate::storage::now_ms()).await?,
         )
     };
-    let socket = UdpSocket::bind(config.listen)
-        .await
-        .map_err(|source| TelephonyError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let (socket, tcp) = bind_sip(config).await?;
     let sip_addr = socket.local_addr().map_err(|source| TelephonyError::Bind {
         addr: config.listen,
         source,
     })?;
     let socket = Arc::new(socket);
-    let tcp = if config.listen_tcp {
-        // Same port as UDP (the one picked when `listen` asked for port 0).
-        let addr = SocketAddr::new(config.listen.ip(), sip_addr.port());
-        Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| TelephonyError::BindTcp { addr, source })?,
-        )
-    } else {
-        None
-    };
     let (core_tx, core_rx) = mpsc::channel(core::CORE_CHANNEL);
     let (bind_tx, bind_rx) = mpsc::channel(accounts::PERSIST_CHANNEL);
     tasks.spawn(accounts::persist(db.clone(), bind_rx, shutdown.clone()));
