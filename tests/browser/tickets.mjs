@@ -28,8 +28,9 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
 });
 let status = 0;
+let page;
 try {
-  const page = await browser.newPage();
+  page = await browser.newPage();
   page.setDefaultTimeout(TIMEOUT);
   page.on("pageerror", (e) => console.error("page error:", e.message));
   await page.goto(base + "/ui/tickets.html");
@@ -69,6 +70,12 @@ try {
   console.log(`cancelled ${id}`);
 } catch (e) {
   console.error(`browser test failed: ${e.message}`);
+  const state = await page.evaluate(() => ({
+    error: document.querySelector("#ticket-error")?.textContent,
+    filter: new URLSearchParams(new FormData(document.querySelector("#filter"))).toString(),
+    rows: [...document.querySelectorAll("#tickets tbody tr")].map((tr) => `${tr.dataset.ticketId}:${tr.dataset.status}`),
+  })).catch((err) => ({ failed: String(err) }));
+  console.log(`page ${JSON.stringify(state)}`);
   status = 1;
 } finally {
   await browser.close();
