@@ -382,13 +382,6 @@ async fn a_hub_killed_mid_campaign_messages_every_contact_exactly_once() {
     );
 }
 
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
-
 /// Voice through the telephony core: SIPp plays the provider's trunk and the residents' phones (it
 /// answers and presses 1), so both contacts end `confirmed` by voice and no SMS is sent.
 #[tokio::test]
@@ -398,7 +391,10 @@ async fn a_voice_campaign_calls_through_the_trunk_and_1_confirms() {
     if !pcap.exists() {
         std::os::unix::fs::symlink("/usr/share/sip-tester", &pcap).expect("link pcap");
     }
-    let (sip_port, media_port) = (free_udp_port(), free_udp_port());
+    let (sip_port, media_port) = (
+        crate::telephony::free_udp_port(),
+        crate::telephony::free_udp_port(),
+    );
     let errors = env.path("uas_dtmf.errors.log");
     let scenario =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sipp/uas_dtmf.xml");

@@ -2,45 +2,21 @@
 //! through the SIP trunk (SIPp plays the provider and the engineer's phone: it answers and presses 1,
 //! RFC 4733 events from SIPp's pcap), and the 1 acknowledges the alarm in the engineer's name.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::harness::{TestEnv, password_of};
+use crate::telephony_sip::peer;
 
 const TIMEOUT: Duration = Duration::from_secs(40);
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
 
 #[tokio::test]
 async fn pressing_1_on_the_escalation_call_acknowledges_the_alarm() {
     let env = TestEnv::new().await;
-    // SIPp's `play_pcap_audio` finds its pcaps as `pcap/...` relative to the working directory.
-    let pcap = env.path("pcap");
-    if !pcap.exists() {
-        std::os::unix::fs::symlink("/usr/share/sip-tester", &pcap).expect("link pcap");
-    }
-    let (sip_port, media_port) = (free_udp_port(), free_udp_port());
-    let errors = env.path("uas_dtmf.errors.log");
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/sipp/uas_dtmf.xml");
-    let phone = tokio::process::Command::new("sipp")
-        .current_dir(env.dir.path())
-        .arg("-sf")
-        .arg(&scenario)
-        .args(["-m", "1", "-nostdin", "-timeout", "60", "-trace_err"])
-        .arg("-error_file")
-        .arg(&errors)
-        .args(["-i", "127.0.0.1", "-p", &sip_port.to_string()])
-        .args(["-mp", &media_port.to_string()])
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run sipp ({e}): install the Debian package sip-tester"));
+    // SIPp plays the provider's trunk and the engineer's phone: it answers and presses 1.
+    let phone = peer(&env, "uas_dtmf.xml", &[], None);
+    let sip_port = phone.port;
 
     env.add_config(&format!(
         r#"
@@ -87,9 +63,8 @@ phones = ["+7 900 111-22-33"]
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "not acknowledged: {a:#}\nhub log:\n{}\nsipp errors:\n{}",
-            hub.log(),
-            std::fs::read_to_string(&errors).unwrap_or_default()
+            "not acknowledged: {a:#}\nhub log:\n{}",
+            hub.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -117,14 +92,5 @@ phones = ["+7 900 111-22-33"]
     assert_eq!(call["direction"], "outbound", "{call:#}");
     assert_eq!(call["to"], "+79001112233", "{call:#}");
 
-    let out = tokio::time::timeout(TIMEOUT, phone.wait_with_output())
-        .await
-        .expect("sipp ends")
-        .expect("sipp output");
-    assert!(
-        out.status.success(),
-        "sipp: {}\n{}",
-        out.status,
-        std::fs::read_to_string(&errors).unwrap_or_default()
-    );
+    phone.succeeded().await;
 }

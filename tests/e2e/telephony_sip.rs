@@ -15,12 +15,12 @@ use crate::telephony::{free_udp_port, scenario, sipp};
 
 /// A SIPp UAS (or a UAC that is called later) running `name` on a fresh port; the handle ends with the
 /// scenario and panics with SIPp's errors if it failed.
-struct Peer {
-    port: u16,
+pub(crate) struct Peer {
+    pub(crate) port: u16,
     task: tokio::task::JoinHandle<(bool, String)>,
 }
 
-fn peer(env: &TestEnv, name: &str, extra: &[&str], remote: Option<SocketAddr>) -> Peer {
+pub(crate) fn peer(env: &TestEnv, name: &str, extra: &[&str], remote: Option<SocketAddr>) -> Peer {
     let pcap = env.path("pcap");
     if !pcap.exists() {
         std::os::unix::fs::symlink("/usr/share/sip-tester", &pcap).expect("link pcap");
@@ -67,7 +67,7 @@ impl Peer {
         format!("sip:{user}@127.0.0.1:{}", self.port)
     }
 
-    async fn succeeded(self) {
+    pub(crate) async fn succeeded(self) {
         let (ok, report) = self.task.await.expect("sipp task");
         assert!(ok, "{report}");
     }
